@@ -1,0 +1,63 @@
+"""Runs tool work beside decoding and records it in the timeline.
+
+The hook opens calls through :class:`Scheduler` (on the decode thread; nothing here
+blocks), and the tool loop waits on them between rounds. In ``partial`` mode a call
+runs each unit as soon as it is fed; in ``lazy`` mode (the baseline) it buffers the
+units and runs them all when the call closes. Both modes use the same parsers, tools
+and re-prompting, so under greedy decoding they produce the same text.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Literal
+
+from conveyor_hf.timeline import CallRecord, Timeline
+from conveyor_hf.tools.base import Tool, ToolCall, ToolResult, UnitRecord
+
+Mode = Literal["partial", "lazy"]
+MODES = ("partial", "lazy")
+
+
+class Scheduler:
+    """Opens tool calls for batch rows and collects their records."""
+
+    def __init__(
+        self,
+        timeline: Timeline,
+        mode: Mode = "partial",
+        on_unit_done: Callable[[int, str, UnitRecord], None] | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is not supported; use one of {MODES}")
+        self.timeline = timeline
+        self.mode = mode
+        self.on_unit_done = on_unit_done
+        self._records: dict[int, CallRecord] = {}
+
+    def open(self, row: int, round_index: int, tool: Tool) -> ToolCall:
+        """Open a call of ``tool`` for ``row``; returns at once (warm-up runs on a worker)."""
+        callback = None
+        if self.on_unit_done is not None:
+            notify = self.on_unit_done
+
+            def callback(record: UnitRecord, row: int = row, name: str = tool.name) -> None:
+                notify(row, name, record)
+
+        call = tool.open_call(early=self.mode == "partial", on_unit_done=callback)
+        record = CallRecord(
+            row=row, round=round_index, tool=tool.name, opened=call.opened, lanes=tool.max_concurrency
+        )
+        self.timeline.calls.append(record)
+        self._records[id(call)] = record
+        return call
+
+    def finish(self, call: ToolCall, result: ToolResult | None = None) -> ToolResult:
+        """Wait for ``call`` (unless ``result`` is already known) and record its units."""
+        if result is None:
+            result = call.finish()
+        record = self._records.pop(id(call))
+        record.closed = call.closed if call.closed is not None else time.perf_counter()
+        record.units = list(result.units)
+        record.output, record.error, record.result = result.output, result.error, result
+        return result

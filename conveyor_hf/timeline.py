@@ -1,0 +1,205 @@
+"""What happened when, during one ``generate`` call: decode rounds and tool units.
+
+All times are ``time.perf_counter()`` seconds. :meth:`Timeline.summary` turns the
+records into the metrics of DESIGN.md §4; :meth:`Timeline.plot` draws them (PNG) and
+:meth:`Timeline.to_chrome_trace` exports them for Perfetto / ``chrome://tracing``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from conveyor_hf.tools.base import ToolResult, UnitRecord
+
+Interval = tuple[float, float]
+
+
+@dataclass
+class RoundRecord:
+    """One ``model.generate`` call of the tool loop.
+
+    ``start``..``decode_end`` is decoding (prefill included); ``decode_end``..``end`` is
+    waiting for tool work and preparing the re-prompt.
+    """
+
+    index: int
+    start: float
+    decode_end: float = 0.0
+    end: float = 0.0
+    new_tokens: int = 0
+    prefill_tokens: int = 0
+
+    @property
+    def decode(self) -> float:
+        return max(0.0, self.decode_end - self.start)
+
+
+@dataclass
+class CallRecord:
+    """One tool call: which row and round it belongs to, its units and its result."""
+
+    row: int
+    round: int
+    tool: str
+    opened: float
+    lanes: int = 1
+    closed: float | None = None
+    units: list[UnitRecord] = field(default_factory=list)
+    output: str = ""
+    error: str | None = None
+    result: ToolResult | None = None
+
+
+@dataclass
+class Timeline:
+    """The record of one ``generate`` call; see :meth:`summary` for the metrics."""
+
+    start: float = 0.0
+    end: float = 0.0
+    mode: str = "partial"
+    rounds: list[RoundRecord] = field(default_factory=list)
+    calls: list[CallRecord] = field(default_factory=list)
+
+    # -- metrics ----------------------------------------------------------------------
+    def decode_intervals(self) -> list[Interval]:
+        return [(r.start, r.decode_end) for r in self.rounds if r.decode_end > r.start]
+
+    def unit_intervals(self) -> list[Interval]:
+        return [
+            (u.start, u.end)
+            for c in self.calls
+            for u in c.units
+            if u.start is not None and u.end is not None and u.end > u.start
+        ]
+
+    def exposed_intervals(self) -> list[Interval]:
+        """Tool-busy time during which no decoding ran: what the user waited for."""
+        return _subtract(_union(self.unit_intervals()), _union(self.decode_intervals()))
+
+    def ideal(self) -> float:
+        """Latency of a zero-overhead pipeline with the measured decode and tool times.
+
+        Per round: each unit starts when its text was decoded (its ``emitted`` time) and
+        a lane of its call is free; the round ends when both its decoding and all its
+        units are done. Rounds follow one another; nothing else costs time.
+        """
+        total = 0.0
+        for rnd in self.rounds:
+            finish = rnd.decode
+            for call in (c for c in self.calls if c.round == rnd.index):
+                finish = max(finish, _pipelined_finish(call, rnd.start, rnd.decode))
+            total += finish
+        return total
+
+    def summary(self) -> dict[str, Any]:
+        """Metrics in seconds (``rounds``, ``units``, ``new_tokens`` are counts)."""
+        decode = sum(r.decode for r in self.rounds)
+        tokens = sum(r.new_tokens for r in self.rounds)
+        return {
+            "latency": self.end - self.start,
+            "decode": decode,
+            "tool": _length(_union(self.unit_intervals())),
+            "exposed_tool": _length(self.exposed_intervals()),
+            "ideal": self.ideal(),
+            "wait": sum(max(0.0, r.end - r.decode_end) for r in self.rounds),
+            "rounds": len(self.rounds),
+            "units": sum(len(c.units) for c in self.calls),
+            "new_tokens": tokens,
+            "tokens_per_s": tokens / decode if decode > 0 else 0.0,
+            "prefill_tokens": [r.prefill_tokens for r in self.rounds],
+        }
+
+    # -- exports ----------------------------------------------------------------------
+    def to_chrome_trace(self, path: str | Path | None = None) -> dict[str, Any]:
+        """Chrome trace-event JSON (open in https://ui.perfetto.dev). Writes ``path`` if given."""
+        events: list[dict[str, Any]] = [
+            {"ph": "M", "pid": 1, "tid": 0, "name": "thread_name", "args": {"name": "decode"}},
+        ]
+
+        def span(name: str, tid: int, begin: float, end: float, **args: Any) -> None:
+            events.append(
+                {
+                    "name": name,
+                    "ph": "X",
+                    "pid": 1,
+                    "tid": tid,
+                    "ts": (begin - self.start) * 1e6,
+                    "dur": max(0.0, end - begin) * 1e6,
+                    "args": args,
+                }
+            )
+
+        for rnd in self.rounds:
+            span(f"decode round {rnd.index}", 0, rnd.start, rnd.decode_end, new_tokens=rnd.new_tokens,
+                 prefill_tokens=rnd.prefill_tokens)
+            if rnd.end > rnd.decode_end:
+                span("wait for tools", 0, rnd.decode_end, rnd.end)
+        for lane, (name, units) in enumerate(self._lanes(), start=1):
+            events.append({"ph": "M", "pid": 1, "tid": lane, "name": "thread_name", "args": {"name": name}})
+            for u in units:
+                if u.start is not None and u.end is not None:
+                    span(u.unit.text.strip().splitlines()[0][:60] if u.unit.text.strip() else "unit",
+                         lane, u.start, u.end, error=u.error, output=u.output[:200])
+        trace = {"traceEvents": events, "displayTimeUnit": "ms", "metadata": {"mode": self.mode}}
+        if path is not None:
+            Path(path).write_text(json.dumps(trace))
+        return trace
+
+    def plot(self, path: str | Path, *, title: str | None = None, others: Iterable["Timeline"] = ()) -> Path:
+        """Draw this timeline (and ``others`` below it, e.g. lazy above partial) to a PNG."""
+        from conveyor_hf.plots import plot_timelines
+
+        return plot_timelines([self, *others], path, title=title)
+
+    def _lanes(self) -> list[tuple[str, list[UnitRecord]]]:
+        lanes: dict[str, list[UnitRecord]] = {}
+        for call in self.calls:
+            lanes.setdefault(f"row {call.row} · {call.tool}", []).extend(call.units)
+        return list(lanes.items())
+
+
+def _pipelined_finish(call: CallRecord, round_start: float, decode: float) -> float:
+    """When ``call``'s units would finish in the ideal pipeline (relative to the round)."""
+    lanes = [0.0] * max(1, call.lanes)
+    finish = 0.0
+    for unit in call.units:
+        emitted = min(max(0.0, unit.emitted - round_start), decode)
+        free = heapq.heappop(lanes)
+        end = max(emitted, free) + unit.duration
+        heapq.heappush(lanes, end)
+        finish = max(finish, end)
+    return finish
+
+
+def _union(intervals: Iterable[Interval]) -> list[Interval]:
+    merged: list[Interval] = []
+    for begin, end in sorted(intervals):
+        if merged and begin <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((begin, end))
+    return merged
+
+
+def _subtract(a: list[Interval], b: list[Interval]) -> list[Interval]:
+    """Parts of the (merged) intervals ``a`` not covered by the (merged) intervals ``b``."""
+    out: list[Interval] = []
+    for begin, end in a:
+        cursor = begin
+        for b_begin, b_end in b:
+            if b_end <= cursor or b_begin >= end:
+                continue
+            if b_begin > cursor:
+                out.append((cursor, b_begin))
+            cursor = max(cursor, b_end)
+        if cursor < end:
+            out.append((cursor, end))
+    return out
+
+
+def _length(intervals: Iterable[Interval]) -> float:
+    return sum(end - begin for begin, end in intervals)

@@ -1,0 +1,45 @@
+"""Tools the model can call, and the base class for writing your own.
+
+``PythonTool``, ``SearchTool`` and ``CalculatorTool`` are imported lazily, so that
+``import conveyor_hf.tools`` stays cheap and a missing optional dependency only matters
+for the tool that needs it. Third-party tools register through the entry-point group
+``conveyor_hf.tools`` (see :mod:`conveyor_hf.tools.registry`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from conveyor_hf.tools.base import (
+    SideEffect,
+    Tool,
+    ToolCall,
+    ToolResult,
+    UnitOutput,
+    UnitRecord,
+)
+
+_LAZY = {
+    "PythonTool": "conveyor_hf.tools.python",
+    "SearchTool": "conveyor_hf.tools.search",
+    "CalculatorTool": "conveyor_hf.tools.calculator",
+}
+
+__all__ = [
+    "CalculatorTool",
+    "PythonTool",
+    "SearchTool",
+    "SideEffect",
+    "Tool",
+    "ToolCall",
+    "ToolResult",
+    "UnitOutput",
+    "UnitRecord",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'conveyor_hf.tools' has no attribute {name!r}")
