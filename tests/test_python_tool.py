@@ -1,0 +1,266 @@
+"""PythonTool: a real Jupyter kernel per conversation, one statement per unit.
+
+Most tests share one module-scoped tool (a kernel start costs ~1 s); each test sets the
+state it needs, so order does not matter, even after a test that restarts the kernel.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import psutil
+import pytest
+
+from conveyor_hf.tools.base import SideEffect
+from conveyor_hf.tools.kernel import CappedText, strip_ansi
+from conveyor_hf.tools.python import PythonTool
+from parsers.unit import Unit
+
+
+@pytest.fixture(scope="module")
+def py():
+    tool = PythonTool(timeout=1, max_output_chars=1000, interrupt_grace=1)
+    yield tool
+    tool.close()
+
+
+def run_unit(tool: PythonTool, code: str):
+    return tool.execute(Unit(text=code))
+
+
+def kernel_gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_declares_itself_to_the_model():
+    assert PythonTool.name == "python"
+    assert "Python" in PythonTool.description
+    assert PythonTool.side_effect is SideEffect.STATEFUL
+    assert PythonTool.stop_on_error is True
+    assert PythonTool.max_concurrency == 1
+    params = PythonTool.parameters
+    assert params["properties"]["code"]["type"] == "string"
+    assert params["required"] == ["code"]
+
+
+def test_state_persists_across_units_and_calls(py):
+    assert run_unit(py, "counter = 40\n").error is None
+    call = py.open_call()
+    call.feed(Unit(text="counter += 1\n"))
+    call.feed(Unit(text="def bump(n):\n    return n + 1\n", index=1))
+    assert call.finish().error is None
+    result = py.open_call()
+    result.feed(Unit(text="bump(counter)\n"))
+    assert result.finish().output == "42"
+
+
+def test_collects_stdout_stderr_value_and_traceback_per_unit(py):
+    out = run_unit(py, "import sys; print('to out'); print('to err', file=sys.stderr)\n")
+    assert out.error is None
+    assert "to out\n" in out.output and "to err\n" in out.output
+
+    assert run_unit(py, "6 * 7\n").output == "42\n"
+    assert run_unit(py, "print('\\x1b[31mred\\x1b[0m')\n").output == "red\n"
+
+    run_unit(py, "def divide(a, b):\n    return a / b\n")
+    failed = run_unit(py, "print('before'); divide(1, 0)\n")
+    assert failed.error == "ZeroDivisionError: division by zero"
+    assert failed.output.startswith("before\n")
+    assert "Traceback" in failed.output and "return a / b" in failed.output
+    assert failed.output.rstrip().endswith("ZeroDivisionError: division by zero")
+    assert "\x1b" not in failed.output
+
+
+def test_syntax_error_is_short_and_not_repeated(py):
+    out = run_unit(py, "def broken(:\n    pass\n")
+    assert out.error == "SyntaxError: invalid syntax"
+    assert out.output.rstrip().endswith(out.error)  # so the call's result shows it once
+    assert "def broken(:" in out.output
+
+
+def test_stop_on_error_skips_the_rest_of_the_call(py):
+    run_unit(py, "flag = 'untouched'\n")
+    call = py.open_call()
+    for i, code in enumerate(["print('first')\n", "undefined_name\n", "flag = 'changed'\n"]):
+        call.feed(Unit(text=code, index=i))
+    result = call.finish()
+    first, bad, rest = result.units
+    assert first.output == "first\n" and first.error is None
+    assert bad.error == "NameError: name 'undefined_name' is not defined"
+    assert rest.skipped
+    assert result.error == bad.error
+    assert run_unit(py, "flag\n").output == "'untouched'\n"
+
+
+def test_timeout_interrupts_and_keeps_the_kernel(py):
+    run_unit(py, "kept = 'yes'\n")
+    out = run_unit(py, "while True:\n    pass\n")
+    assert out.error is not None and "timed out after 1s" in out.error
+    assert "interrupted" in out.error
+    assert "\x1b" not in out.output
+    assert run_unit(py, "kept\n").output == "'yes'\n"
+
+
+def test_statement_ignoring_the_interrupt_forces_a_restart(py):
+    run_unit(py, "doomed = 1\n")
+    pid = py.kernel_pid
+    code = (
+        "import time\n"
+        "while True:\n"
+        "    try:\n"
+        "        time.sleep(10)\n"
+        "    except KeyboardInterrupt:\n"
+        "        pass\n"
+    )
+    out = run_unit(py, code)
+    assert "timed out after 1s" in out.error
+    assert "restarted" in out.error and "state lost" in out.error
+    after = run_unit(py, "doomed\n")
+    assert after.error == "NameError: name 'doomed' is not defined"
+    assert run_unit(py, "1 + 1\n").output == "2\n"
+    assert py.kernel_pid != pid and kernel_gone(pid)
+
+
+@pytest.mark.parametrize(
+    "code", ["import os; os._exit(1)\n", "import os; os.kill(os.getpid(), 9)\n"]
+)
+def test_dead_kernel_is_reported_and_replaced(py, code):
+    run_unit(py, "lost = 1\n")
+    out = run_unit(py, code)
+    assert out.error is not None
+    assert "the Python kernel died" in out.error and "restarted, state lost" in out.error
+    assert run_unit(py, "1 + 1\n").output == "2\n"
+    assert run_unit(py, "lost\n").error == "NameError: name 'lost' is not defined"
+
+
+def test_dead_kernel_in_a_call_skips_the_rest(py):
+    call = py.open_call()
+    call.feed(Unit(text="import os\n"))
+    call.feed(Unit(text="os._exit(3)\n", index=1))
+    call.feed(Unit(text="print('never')\n", index=2))
+    result = call.finish()
+    assert "exit code 3" in result.units[1].error
+    assert result.units[2].skipped
+    assert "never" not in result.output
+
+
+def test_huge_output_is_capped_head_and_tail(py):
+    out = run_unit(py, "print('START'); print('x' * 2_000_000); print('END')\n")
+    assert out.error is None
+    assert len(out.output) < 1100
+    assert out.output.startswith("START\n")
+    assert out.output.endswith("END\n")
+    assert "characters cut" in out.output
+
+
+def test_capped_text_keeps_head_and_tail_in_bounded_memory():
+    sink = CappedText(10)
+    for _ in range(10_000):
+        sink.write("0123456789")
+    assert sink.total == 100_000
+    assert sink.getvalue() == "01234\n... [99990 characters cut] ...\n56789"
+    assert sum(map(len, sink._tail)) == 5  # the collector itself stays small
+    small = CappedText(10)
+    small.write("abc")
+    small.write("defg")
+    assert small.getvalue() == "abcdefg"
+    unlimited = CappedText(None)
+    unlimited.write("x" * 50)
+    assert unlimited.getvalue() == "x" * 50
+
+
+def test_strip_ansi():
+    coloured = "\x1b[0;31mZeroDivisionError\x1b[0m: x\x1b]0;title\x07"
+    assert strip_ansi(coloured) == "ZeroDivisionError: x"
+
+
+def test_memory_is_capped(py):
+    out = run_unit(py, "block = bytearray(3 * 1024**3)\n")
+    assert out.error is not None and out.error.startswith("MemoryError")
+    assert run_unit(py, "1 + 1\n").output == "2\n"
+
+
+def test_feed_returns_at_once_and_finish_returns_everything(py):
+    call = py.open_call()
+    sleeping = call.feed(Unit(text="import time; time.sleep(0.5); print('slept')\n"))
+    later = call.feed(Unit(text="answer = 41 + 1\n", index=1))
+    last = call.feed(Unit(text="answer\n", index=2))
+    assert not sleeping.done and not later.done and not last.done
+    result = call.finish()
+    assert [r.done for r in result.units] == [True, True, True]
+    assert sleeping.output == "slept\n"
+    assert last.output == "42\n"
+    assert result.output == "slept\n42"
+    assert result.error is None
+
+
+def test_reset_clears_state(py):
+    run_unit(py, "before_reset = 1\n")
+    py.reset()
+    assert run_unit(py, "before_reset\n").error.startswith("NameError")
+
+
+def test_fork_has_its_own_kernel_and_same_settings(py):
+    other = py.fork()
+    try:
+        assert isinstance(other, PythonTool) and other is not py
+        assert other.timeout == py.timeout and other.max_output_chars == py.max_output_chars
+        run_unit(py, "mine = 'first'\n")
+        other.warm_up()
+        assert other.kernel_pid != py.kernel_pid
+        assert run_unit(other, "mine\n").error == "NameError: name 'mine' is not defined"
+        run_unit(other, "mine = 'second'\n")
+        assert run_unit(py, "mine\n").output == "'first'\n"
+    finally:
+        other.close()
+
+
+def test_lazy_start_cwd_quiet_and_close_leaves_no_process(tmp_path, capfd):
+    tool = PythonTool(prestart=False, cwd=tmp_path, timeout=5)
+    assert tool.kernel_pid is None
+    call = tool.open_call()  # warm_up starts the kernel on the call's thread
+    call.feed(Unit(text="import os, subprocess; print(os.getcwd())\n"))
+    call.feed(Unit(text="child = subprocess.Popen(['sleep', '60']); child.pid\n", index=1))
+    result = call.finish()
+    assert result.error is None, result.output
+    assert result.units[0].output == f"{os.path.realpath(tmp_path)}\n"
+    pid, child_pid = tool.kernel_pid, int(result.units[1].output)
+    assert psutil.Process(pid).is_running()
+
+    tool.close()
+    tool.close()  # idempotent
+    assert tool.kernel_pid is None
+    assert kernel_gone(pid) and kernel_gone(child_pid)
+    closed = run_unit(tool, "1\n")
+    assert closed.error is not None and "closed" in closed.error
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == ""  # kernel start/stop is silent
+
+
+def test_dropped_tool_leaves_no_kernel():
+    tool = PythonTool()
+    tool.warm_up()
+    pid = tool.kernel_pid
+    del tool
+    gc.collect()
+    assert kernel_gone(pid)
+
+
+def test_run_parses_statements_and_runs_them(py):
+    pytest.importorskip("parsers.python_statements")
+    result = py.run("total = 0\nfor i in range(4):\n    total += i\nprint(total)\ntotal * 2\n")
+    assert result.error is None
+    assert result.output == "6\n12"
+    assert [r.unit.text for r in result.units][0] == "total = 0\n"
+
+
+def test_rejects_bad_settings():
+    with pytest.raises(ValueError, match="timeout"):
+        PythonTool(timeout=0, prestart=False)
+    with pytest.raises(ValueError, match="cwd"):
+        PythonTool(cwd="/no/such/dir/anywhere", prestart=False)
+
