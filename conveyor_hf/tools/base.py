@@ -113,6 +113,9 @@ class Tool:
       max_concurrency: units of one call that may run at the same time (1 keeps order).
       stop_on_error: once a unit fails, skip the remaining units of the call (as a
         notebook cell stops at its first exception).
+      run_malformed: still execute units the parser marked with an error (a Python
+        kernel reports a syntax error better than the parser can); otherwise the
+        parser's error is the unit's result.
       timeout: seconds one unit may take; the tool should enforce it itself, the call
         abandons the unit ``ABANDON_GRACE`` seconds later in any case.
     """
@@ -125,6 +128,7 @@ class Tool:
     allow_early: bool = False
     max_concurrency: int = 1
     stop_on_error: bool = False
+    run_malformed: bool = False
     timeout: float = 60.0
 
     # -- what subclasses provide ---------------------------------------------------
@@ -311,7 +315,7 @@ class ToolCall:
         elif self.tool.stop_on_error and self._failed.is_set():
             output, error = "", "skipped: an earlier part of this call failed"
             record.skipped = True
-        elif record.unit.error is not None:
+        elif record.unit.error is not None and not self.tool.run_malformed:
             output, error = "", record.unit.error
         else:
             try:

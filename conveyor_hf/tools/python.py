@@ -78,6 +78,7 @@ class PythonTool(Tool):
     side_effect: ClassVar[SideEffect] = SideEffect.STATEFUL
     fence_languages: ClassVar[tuple[str, ...]] = ("python", "py")
     stop_on_error: bool = True
+    run_malformed: bool = True  # the kernel's SyntaxError is the clearest report
     max_concurrency: int = 1
 
     def __init__(
