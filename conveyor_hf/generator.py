@@ -31,7 +31,15 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 import torch
 from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
-from conveyor_hf.formats import UnitCallHandler, render_result, tool_instructions, unique_syntaxes
+from conveyor_hf.formats import (
+    JSON_CALL,
+    JsonCallHandler,
+    UnitCallHandler,
+    render_result,
+    tool_instructions,
+    tool_turn_suffix,
+    unique_syntaxes,
+)
 from conveyor_hf.hooks import ConveyorHook, IncrementalDetokenizer, RowState
 from conveyor_hf.replay import ReplayLogitsProcessor
 from conveyor_hf.scheduler import MODES, Mode, Scheduler
@@ -98,6 +106,8 @@ class ConveyorGenerator:
         (False), or use the given text.
       on_error: ``"continue"`` (default) or ``"abort"``: stop decoding a call as soon as
         one of its units fails, close it and re-prompt with the error.
+      json_calls: also recognise ``<tool_call>{"name": …, "arguments": …}</tool_call>``
+        calls, whose results go back as a ``tool`` turn of the chat template.
     """
 
     def __init__(
@@ -110,6 +120,7 @@ class ConveyorGenerator:
         max_tool_rounds: int = 8,
         tool_prompt: bool | str = True,
         on_error: Literal["continue", "abort"] = "continue",
+        json_calls: bool = True,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not supported; use mode='partial' or mode='lazy'")
@@ -127,6 +138,9 @@ class ConveyorGenerator:
         if len(set(names)) != len(names):
             raise ValueError(f"tool names must be unique, got {names}")
         self.syntaxes = unique_syntaxes(self.tools)
+        self.json_calls = json_calls and bool(self.tools)
+        if self.json_calls:
+            self.syntaxes.append(JSON_CALL)
         self.mode: Mode = mode
         self.max_tool_rounds = max_tool_rounds
         self.tool_prompt = tool_prompt
@@ -157,7 +171,8 @@ class ConveyorGenerator:
         """Chat messages with the tool instructions added to (or as) the system message."""
         if not self.tools or self.tool_prompt is False:
             return list(messages)
-        note = self.tool_prompt if isinstance(self.tool_prompt, str) else tool_instructions(self.tools)
+        note = (self.tool_prompt if isinstance(self.tool_prompt, str)
+                else tool_instructions(self.tools, json_calls=self.json_calls))
         messages = [dict(m) for m in messages]
         if messages and messages[0].get("role") == "system":
             messages[0]["content"] = f"{messages[0]['content']}\n\n{note}"
@@ -201,8 +216,12 @@ class ConveyorGenerator:
             raise ValueError(
                 "this tokenizer has no chat template; pass a prompt string or input_ids instead of messages"
             )
+        extra = {}
+        template = self.tokenizer.chat_template
+        if self.json_calls and isinstance(template, str) and "tools" in template:
+            extra["tools"] = [tool.schema() for tool in self.tools]  # the template renders them
         return self.tokenizer.apply_chat_template(
-            self.build_messages(messages), tokenize=False, add_generation_prompt=True
+            self.build_messages(messages), tokenize=False, add_generation_prompt=True, **extra
         )
 
     # -- the loop --------------------------------------------------------------------
@@ -266,7 +285,14 @@ class ConveyorGenerator:
         round_index = 0
 
         def open_call(state: RowState, event: CallEvent):
-            tool = self.tools_for_row(state.row)[event.tool]
+            tools = self.tools_for_row(state.row)
+            if event.tool == "":  # a JSON call names its tool inside
+
+                def open_tool(name: str):
+                    return tools[name], scheduler.open(state.row, round_index, tools[name])
+
+                return JsonCallHandler(open_tool, list(tools), event.syntax)
+            tool = tools[event.tool]
             call = scheduler.open(state.row, round_index, tool)
             return UnitCallHandler(tool, call, tool.make_parser(), event.syntax)
 
@@ -320,9 +346,11 @@ class ConveyorGenerator:
                     continue
                 appended = ""
                 for handler in state.handlers:
-                    result = scheduler.finish(handler.call, handler.finish(aborted=state.stop == "abort"))
+                    result = handler.finish(aborted=state.stop == "abort")
+                    if handler.call is not None:
+                        scheduler.finish(handler.call, result)
                     unclosed = handler.syntax if (handler.unclosed or state.stop == "abort") else None
-                    appended += render_result(result, state.text + appended, unclosed=unclosed)
+                    appended += self._render(handler, result, state.text + appended, unclosed)
                 state.pieces.append(appended)
                 notify(StreamEvent("result", state.row, appended))
                 can_resume = (
@@ -355,6 +383,17 @@ class ConveyorGenerator:
             timeline=timeline,
             stop_reasons=[s.stop or "length" for s in states],
         )
+
+    def _render(self, handler, result, text_so_far: str, unclosed) -> str:
+        """The text appended after a call: a ``tool`` turn for JSON calls when the chat
+        template has one, otherwise an output block in the assistant's turn."""
+        if isinstance(handler, JsonCallHandler):
+            body = result.output.strip("\n") or (f"Error: {result.error}" if result.error else "(no output)")
+            name = handler.tool.name if handler.tool is not None else "tool"
+            suffix = tool_turn_suffix(self.tokenizer, name, body)
+            if suffix is not None:
+                return (unclosed.closer if unclosed is not None else "") + suffix
+        return render_result(result, text_so_far, unclosed=unclosed)
 
     def _replay_processor(self, replay: Sequence[str], rows: int, eos: set[int], hook: ConveyorHook):
         if isinstance(replay, str):

@@ -24,6 +24,11 @@ class ScriptedTool(Tool):
 
     name: ClassVar[str] = "scripted"
     description: ClassVar[str] = "Answers each input line with a scripted output."
+    parameters: ClassVar[dict] = {
+        "type": "object",
+        "properties": {"input": {"type": "string", "description": "one input per line"}},
+        "required": ["input"],
+    }
     side_effect: ClassVar[SideEffect] = SideEffect.PURE
 
     def __init__(

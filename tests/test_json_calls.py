@@ -1,0 +1,81 @@
+"""JSON tool calls (<tool_call>{"name": …, "arguments": …}</tool_call>) through the loop."""
+
+from conveyor_hf.formats import JsonCallHandler, primary_argument, tool_turn_suffix
+from conveyor_hf.generator import ConveyorGenerator
+from conveyor_hf.tools import PythonTool
+from conveyor_hf.tools.scripted import ScriptedTool
+
+ASK = [{"role": "user", "content": "look it up"}]
+
+
+def lookup():
+    return ScriptedTool("lookup", respond=lambda q: f"FOUND {q}")
+
+
+def run(model, tok, script, tools=None, mode="partial"):
+    with ConveyorGenerator(model, tok, tools=tools or [lookup()], mode=mode) as gen:
+        return gen.generate(ASK, replay=[script], max_new_tokens=150)
+
+
+def test_json_call_reaches_the_tool_and_returns_as_a_tool_turn(tiny_model, tokenizer):
+    out = run(tiny_model, tokenizer,
+              'Let me check.<tool_call>{"name": "lookup", "arguments": {"input": "Mariana Trench\\nK2"}}</tool_call>'
+              "It is deep.")
+    [call] = out.tool_calls
+    assert call.tool == "lookup" and [u.output for u in call.units] == ["FOUND Mariana Trench", "FOUND K2"]
+    assert "<|im_start|>tool\nFOUND Mariana Trench\nFOUND K2<|im_end|>\n<|im_start|>assistant\n" in out.text
+    assert out.text.endswith("It is deep.")
+
+
+def test_modes_agree_on_json_calls(tiny_model, tokenizer):
+    script = '<tool_call>{"name": "lookup", "arguments": {"input": "a"}}</tool_call>ok'
+    assert run(tiny_model, tokenizer, script, mode="partial").text == run(tiny_model, tokenizer, script, mode="lazy").text
+
+
+def test_unknown_tool_and_malformed_json_are_errors_for_the_model(tiny_model, tokenizer):
+    out = run(tiny_model, tokenizer, '<tool_call>{"name": "nope", "arguments": {}}</tool_call>ok')
+    assert "unknown tool 'nope'; available tools: lookup" in out.text
+    out = run(tiny_model, tokenizer, '<tool_call>{"name": "lookup", "arguments": {"input": "a",,}}</tool_call>ok')
+    assert "malformed tool call JSON" in out.text
+    assert out.text.endswith("ok")  # the answer went on
+
+
+def test_python_code_argument_still_runs_statement_by_statement(tiny_model, tokenizer):
+    code = "x = 20\\nprint(x + 22)"
+    out = run(tiny_model, tokenizer, f'<tool_call>{{"name": "python", "arguments": {{"code": "{code}"}}}}</tool_call>ok',
+              tools=[PythonTool()])
+    [call] = out.tool_calls
+    assert [u.unit.text for u in call.units] == ["x = 20\n", "print(x + 22)\n"]
+    assert "42" in out.text
+
+
+def test_the_name_opens_the_tool_before_the_arguments_are_complete():
+    opened = []
+
+    def open_tool(name):
+        tool = lookup()
+        opened.append(name)
+        return tool, tool.open_call()
+
+    handler = JsonCallHandler(open_tool, ["lookup"])
+    handler.feed('{"name": "lookup", "argu')
+    assert opened == ["lookup"]
+    handler.feed('ments": {"input": "x"}}')
+    handler.close(True)
+    assert handler.finish().output == "FOUND x"
+
+
+def test_arguments_before_the_name_are_kept():
+    def open_tool(name):
+        tool = lookup()
+        return tool, tool.open_call()
+
+    handler = JsonCallHandler(open_tool, ["lookup"])
+    handler.feed('{"arguments": {"input": "first"}, "name": "lookup"}')
+    handler.close(True)
+    assert handler.finish().output == "FOUND first"
+
+
+def test_helpers(tokenizer):
+    assert primary_argument(PythonTool) == "code"
+    assert tool_turn_suffix(tokenizer, "lookup", "R") == "<|im_end|>\n<|im_start|>tool\nR<|im_end|>\n<|im_start|>assistant\n"
