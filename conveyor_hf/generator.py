@@ -300,10 +300,11 @@ class ConveyorGenerator:
             eos, open_call, on_text=lambda row, text: notify(StreamEvent("text", row, text)),
             abort_on_error=self.on_error == "abort",
         )
+        replayer = None
         if replay is not None:
+            replayer = self._replay_processor(replay, len(states), eos, hook)
             processors = list(extra.pop("logits_processor", None) or [])
-            processors.append(self._replay_processor(replay, len(states), eos, hook))
-            extra["logits_processor"] = LogitsProcessorList(processors)
+            extra["logits_processor"] = LogitsProcessorList([*processors, replayer])
         prompt_block = ids
         active = list(states)
         while True:
@@ -357,6 +358,9 @@ class ConveyorGenerator:
                     state.stop in ("call", "abort") or drop_eos
                 ) and round_index < rounds_left and state.generated < state.budget
                 if can_resume:
+                    if replayer is not None and state.stop == "abort":
+                        for handler in state.handlers:
+                            replayer.skip_past(state.row, state.generated, handler.syntax.closer)
                     suffix = self.tokenizer(appended, add_special_tokens=False)["input_ids"]
                     tokens[state.row].extend(suffix)
                     state.detector.skip(appended)
@@ -403,7 +407,7 @@ class ConveyorGenerator:
         if not eos:
             raise ValueError("replay needs an EOS token to end each answer; set generation_config.eos_token_id")
         scripts = [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in replay]
-        processor = ReplayLogitsProcessor(scripts, eos_token_id=min(eos))
+        processor = ReplayLogitsProcessor(scripts, eos_token_id=min(eos), tokenizer=self.tokenizer)
         processor.bind(hook)
         return processor
 

@@ -22,9 +22,11 @@ class ReplayLogitsProcessor(LogitsProcessor):
     because tokens appended by the tool loop are not counted as generated.
     """
 
-    def __init__(self, scripts: Sequence[Sequence[int]], eos_token_id: int) -> None:
+    def __init__(self, scripts: Sequence[Sequence[int]], eos_token_id: int, tokenizer=None) -> None:
         self.scripts = [list(s) for s in scripts]
         self.eos_token_id = int(eos_token_id)
+        self.tokenizer = tokenizer
+        self.offsets = [0] * len(self.scripts)  # script tokens skipped per row
         self._hook = None
 
     def bind(self, hook) -> None:
@@ -37,6 +39,23 @@ class ReplayLogitsProcessor(LogitsProcessor):
         forced = torch.full_like(scores, float("-inf"))
         for pos, state in enumerate(self._hook.active):
             script = self.scripts[state.row]
-            token = script[state.generated] if state.generated < len(script) else self.eos_token_id
+            at = state.generated + self.offsets[state.row]
+            token = script[at] if at < len(script) else self.eos_token_id
             forced[pos, token] = 0.0
         return forced
+
+    def skip_past(self, row: int, generated: int, closer: str) -> None:
+        """After an early abort: continue ``row``'s script after the next ``closer``.
+
+        The recorded answer went on writing the aborted call; the replay resumes where
+        the recording's call ended, as a model that saw the error would.
+        """
+        if self.tokenizer is None:
+            raise RuntimeError("skip_past needs the tokenizer; construct with tokenizer=")
+        script = self.scripts[row]
+        start = generated + self.offsets[row]
+        for end in range(start + 1, len(script) + 1):
+            if closer in self.tokenizer.decode(script[start:end], skip_special_tokens=True):
+                self.offsets[row] += end - start
+                return
+        self.offsets[row] = len(script)  # no closer left: end the answer
