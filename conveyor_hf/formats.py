@@ -51,6 +51,8 @@ def describe_call(tool: Tool) -> str:
     syntax = syntaxes_for(tool)[0]
     if syntax.kind == "fence":
         how = f"write a ```{syntax.languages[0]} code block"
+    elif isinstance(tool.make_parser(), JsonObjectParser):
+        how = f"write {syntax.opener}{{...JSON arguments...}}{syntax.closer}"
     else:
         how = f"write {syntax.opener} on its own line, then one input per line, then {syntax.closer}"
     return f"- {tool.name}: {tool.description.strip()} To use it, {how}."
@@ -103,8 +105,12 @@ class UnitCallHandler(CallHandler):
             self.call.feed(unit)
 
     def close(self, closed: bool) -> None:
-        for unit in self.parser.close():
+        units = self.parser.close()
+        for unit in units:
             self.call.feed(unit)
+        problem = getattr(self.parser, "error", None)
+        if problem and not any(r.unit.error for r in self.call.records):
+            self.call.feed(Unit("", len(self.call.records), error=problem))  # never lose it
         self.unclosed = not closed
         self.call.close()
 

@@ -58,7 +58,8 @@ class StreamEvent:
     """What a ``stream`` callback receives, as it happens.
 
     ``kind`` is ``"text"`` (a delta of model text), ``"unit"`` (a tool unit finished;
-    ``record`` holds it; sent from a tool worker thread) or ``"result"`` (the text
+    ``record`` holds it; usually sent from a tool worker thread, so a callback must be
+    thread-safe) or ``"result"`` (the text
     appended after a call, as the model will see it).
     """
 

@@ -83,8 +83,8 @@ class Timeline:
     def ideal(self) -> float:
         """Latency of a zero-overhead pipeline with the measured decode and tool times.
 
-        Per round: each unit starts when its text was decoded (its ``emitted`` time) and
-        a lane of its call is free; the round ends when both its decoding and all its
+        Per round: each unit starts when its text was decoded (its ``emitted`` time), a
+        lane of its call is free and (plan tasks) its dependencies are done; the round ends when both its decoding and all its
         units are done. Rounds follow one another; nothing else costs time.
         """
         total = 0.0
@@ -163,14 +163,27 @@ class Timeline:
 
 
 def _pipelined_finish(call: CallRecord, round_start: float, decode: float) -> float:
-    """When ``call``'s units would finish in the ideal pipeline (relative to the round)."""
+    """When ``call``'s units would finish in the ideal pipeline (relative to the round).
+
+    A unit is ready when its text was decoded; a unit whose value names dependencies (a
+    plan task's ``deps``) also waits for the ideal end of each unit of the same call whose
+    ``key`` it names. Units that took no time (``join()``, skipped tasks) occupy no lane.
+    """
     lanes = [0.0] * max(1, call.lanes)
+    ends: dict[str, float] = {}
     finish = 0.0
     for unit in call.units:
-        emitted = min(max(0.0, unit.emitted - round_start), decode)
-        free = heapq.heappop(lanes)
-        end = max(emitted, free) + unit.duration
-        heapq.heappush(lanes, end)
+        ready = min(max(0.0, unit.emitted - round_start), decode)
+        for dep in getattr(unit.unit.value, "deps", None) or ():
+            ready = max(ready, ends.get(dep, 0.0))
+        if unit.duration > 0:
+            free = heapq.heappop(lanes)
+            end = max(ready, free) + unit.duration
+            heapq.heappush(lanes, end)
+        else:
+            end = ready
+        if unit.unit.key is not None:
+            ends[unit.unit.key] = end
         finish = max(finish, end)
     return finish
 

@@ -1,5 +1,7 @@
 """JSON tool calls (<tool_call>{"name": …, "arguments": …}</tool_call>) through the loop."""
 
+import pytest
+
 from conveyor_hf.formats import JsonCallHandler, primary_argument, tool_turn_suffix
 from conveyor_hf.generator import ConveyorGenerator
 from conveyor_hf.tools import PythonTool
@@ -79,3 +81,19 @@ def test_arguments_before_the_name_are_kept():
 def test_helpers(tokenizer):
     assert primary_argument(PythonTool) == "code"
     assert tool_turn_suffix(tokenizer, "lookup", "R") == "<|im_end|>\n<|im_start|>tool\nR<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.mark.slow
+def test_real_model_json_search_call_is_reprompted_through_the_tool_role(default_model):
+    from conveyor_hf.tools import SearchTool
+
+    model, tok = default_model
+    script = ('<tool_call>{"name": "search", "arguments": {"query": "Mariana Trench"}}</tool_call>'
+              "The Mariana Trench is the deepest oceanic trench.")
+    with ConveyorGenerator(model, tok, tools=[SearchTool(backend="offline")]) as gen:
+        out = gen.generate([{"role": "user", "content": "How deep is the Mariana Trench?"}], replay=[script],
+                           max_new_tokens=120)
+    [call] = out.tool_calls
+    assert call.tool == "search" and not call.error
+    assert "<|im_start|>tool\n[search: \"Mariana Trench\"]\n1. Mariana Trench" in out.text
+    assert out.text.endswith("deepest oceanic trench.")

@@ -1,6 +1,7 @@
 """Tools the model can call, and the base class for writing your own.
 
-``PythonTool``, ``SearchTool`` and ``CalculatorTool`` are imported lazily, so that
+The tools (``PythonTool``, ``SearchTool``, ``CalculatorTool``, ``SQLTool``,
+``PlanTool``, ``LocationLookupTool``, ``ScriptedTool``) are imported lazily, so that
 ``import conveyor_hf.tools`` stays cheap and a missing optional dependency only matters
 for the tool that needs it. Third-party tools register through the entry-point group
 ``conveyor_hf.tools`` (see :mod:`conveyor_hf.tools.registry`).
@@ -24,12 +25,22 @@ _LAZY = {
     "PythonTool": "conveyor_hf.tools.python",
     "SearchTool": "conveyor_hf.tools.search",
     "CalculatorTool": "conveyor_hf.tools.calculator",
+    "SQLTool": "conveyor_hf.tools.sql",
+    "PlanTool": "conveyor_hf.tools.plan",
+    "ValidatedTool": "conveyor_hf.tools.validation",
+    "LocationLookupTool": "conveyor_hf.tools.validation",
+    "ScriptedTool": "conveyor_hf.tools.scripted",
 }
 
 __all__ = [
     "CalculatorTool",
+    "LocationLookupTool",
+    "PlanTool",
     "PythonTool",
+    "SQLTool",
+    "ScriptedTool",
     "SearchTool",
+    "ValidatedTool",
     "SideEffect",
     "Tool",
     "ToolCall",

@@ -65,4 +65,14 @@ def validate_tool_class(cls: object, name: str | None = None) -> None:
 
 def make_tools(names: Iterable[str]) -> list[Tool]:
     """Instances of the named tools with their default settings."""
-    return [load_tool_class(name)() for name in names]
+    tools = []
+    for name in names:
+        cls = load_tool_class(name)
+        try:
+            tools.append(cls())
+        except TypeError as exc:
+            raise ValueError(
+                f"tool {name!r} needs settings ({exc}); construct {cls.__name__}(...) in Python "
+                "and pass it to ConveyorGenerator(tools=[...])"
+            ) from exc
+    return tools
