@@ -50,7 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="model folder, .gguf file or cached hub id (default: embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--model", default=None,
+                        help="model folder, .gguf file or cached hub id (default: embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for decoding")
     parser.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
 
@@ -69,7 +70,7 @@ def load_from_args(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from conveyor_hf.generator import ConveyorGenerator, StreamEvent
+    from conveyor_hf.generator import ConveyorGenerator
     from conveyor_hf.tools.registry import make_tools
 
     try:

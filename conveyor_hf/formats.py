@@ -155,8 +155,12 @@ class JsonCallHandler(CallHandler):
     unknown tool, a missing name) end the call with an error the model can read.
     """
 
-    def __init__(self, open_tool: Callable[[str], tuple[Tool, ToolCall] | None], tool_names: Sequence[str],
-                 syntax: CallSyntax = JSON_CALL) -> None:
+    def __init__(
+        self,
+        open_tool: Callable[[str], tuple[Tool, ToolCall] | None],
+        tool_names: Sequence[str],
+        syntax: CallSyntax = JSON_CALL,
+    ) -> None:
         self.open_tool = open_tool
         self.tool_names = list(tool_names)
         self.syntax = syntax
@@ -195,7 +199,10 @@ class JsonCallHandler(CallHandler):
         return self.error is not None or (self.call is not None and self.call.failed)
 
     def finish(self, *, aborted: bool = False) -> ToolResult:
-        result = self.call.finish() if self.call is not None else ToolResult("", tool=self.tool.name if self.tool else "")
+        if self.call is not None:
+            result = self.call.finish()
+        else:  # the call never reached a tool (unknown name, malformed JSON)
+            result = ToolResult("", tool=self.tool.name if self.tool else "")
         notes = [self.error] if self.error else []
         if aborted and not self.error:
             notes.append("stopped early: a part of this tool call failed")

@@ -246,7 +246,6 @@ class ConveyorGenerator:
         token (see :mod:`conveyor_hf.replay`): real decode cost, fixed text.
         """
         started = time.perf_counter()
-        rounds_left = self.max_tool_rounds if max_tool_rounds is None else max_tool_rounds
         if inputs is None:
             inputs = kwargs.pop("input_ids", None)
             if inputs is None:
@@ -255,139 +254,15 @@ class ConveyorGenerator:
         config, extra = self._generation_config(kwargs)
         ids, mask = _expand(ids, mask, config.num_return_sequences or 1)
         config.num_return_sequences = 1
-        device = self.model.device
-        ids, mask = ids.to(device), mask.to(device)
-        budget = self._budget(config, kwargs, ids.shape[1])
-        eos = _eos_ids(config, self.tokenizer)
-        if config.pad_token_id is None:
-            config.pad_token_id = min(eos) if eos else 0
-        user_criteria = list(extra.pop("stopping_criteria", None) or [])
-        cache = extra.pop("past_key_values", None)
-        if cache is None:
-            cache = _new_cache(self.model)
-
-        timeline = Timeline(start=started, mode=self.mode)
-        notify = stream or (lambda event: None)
-        scheduler = Scheduler(
-            timeline, self.mode,
-            on_unit_done=lambda row, name, rec: notify(StreamEvent("unit", row, rec.output, name, rec)),
+        request = _Request(
+            self, ids.to(self.model.device), mask.to(self.model.device), config, extra,
+            budget=self._budget(config, kwargs, ids.shape[1]),
+            rounds=self.max_tool_rounds if max_tool_rounds is None else max_tool_rounds,
+            stream=stream, started=started,
         )
-        prompt_ids = [ids[i][mask[i].bool()].tolist() for i in range(ids.shape[0])]
-        states = [
-            RowState(
-                row=i,
-                detector=CallDetector(self.syntaxes),
-                detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_ids[i]),
-                budget=budget,
-            )
-            for i in range(ids.shape[0])
-        ]
-        tokens: list[list[int]] = [[] for _ in states]
-        round_index = 0
-
-        def open_call(state: RowState, event: CallEvent):
-            tools = self.tools_for_row(state.row)
-            if event.tool == "":  # a JSON call names its tool inside
-
-                def open_tool(name: str):
-                    return tools[name], scheduler.open(state.row, round_index, tools[name])
-
-                return JsonCallHandler(open_tool, list(tools), event.syntax)
-            tool = tools[event.tool]
-            call = scheduler.open(state.row, round_index, tool)
-            return UnitCallHandler(tool, call, tool.make_parser(), event.syntax)
-
-        hook = ConveyorHook(
-            eos, open_call, on_text=lambda row, text: notify(StreamEvent("text", row, text)),
-            abort_on_error=self.on_error == "abort",
-        )
-        replayer = None
         if replay is not None:
-            replayer = self._replay_processor(replay, len(states), eos, hook)
-            processors = list(extra.pop("logits_processor", None) or [])
-            extra["logits_processor"] = LogitsProcessorList([*processors, replayer])
-        prompt_block = ids
-        active = list(states)
-        while True:
-            rnd = RoundRecord(index=round_index, start=time.perf_counter())
-            timeline.rounds.append(rnd)
-            hook.start_round(active)
-            for state in active:
-                state.handlers = []
-            round_config = copy.deepcopy(config)
-            round_config.max_new_tokens = max(s.budget - s.generated for s in active)
-            round_config.max_length = None
-            counter = _PrefillCounter(self.model)
-            try:
-                out = self.model.generate(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    generation_config=round_config,
-                    stopping_criteria=StoppingCriteriaList([*user_criteria, hook]),
-                    past_key_values=cache,
-                    **extra,
-                )
-            finally:
-                counter.remove()
-            seqs = out if isinstance(out, torch.Tensor) else out.sequences
-            rnd.decode_end = time.perf_counter()
-            rnd.prefill_tokens = counter.first
-            start_len, end_len = ids.shape[1], seqs.shape[1]
-
-            resume: list[tuple[int, list[int], int]] = []  # (batch pos, suffix ids, kept length)
-            for pos, state in enumerate(active):
-                if state.stop is None:  # max_new_tokens, or a caller's stopping criterion
-                    state.stop, state.stop_length = "length", end_len
-                hook.end_of_text(state)
-                stop_length = state.stop_length or end_len
-                drop_eos = state.stop == "eos" and any(h.unclosed for h in state.handlers)
-                kept_end = stop_length - 1 if drop_eos else stop_length
-                tokens[state.row].extend(seqs[pos, start_len:kept_end].tolist())
-                rnd.new_tokens += stop_length - start_len
-                if not state.handlers:
-                    continue
-                appended = ""
-                for handler in state.handlers:
-                    result = handler.finish(aborted=state.stop == "abort")
-                    if handler.call is not None:
-                        scheduler.finish(handler.call, result)
-                    unclosed = handler.syntax if (handler.unclosed or state.stop == "abort") else None
-                    appended += self._render(handler, result, state.text + appended, unclosed)
-                state.pieces.append(appended)
-                notify(StreamEvent("result", state.row, appended))
-                can_resume = (
-                    state.stop in ("call", "abort") or drop_eos
-                ) and round_index < rounds_left and state.generated < state.budget
-                if can_resume:
-                    if replayer is not None and state.stop == "abort":
-                        for handler in state.handlers:
-                            replayer.skip_past(state.row, state.generated, handler.syntax.closer)
-                    suffix = self.tokenizer(appended, add_special_tokens=False)["input_ids"]
-                    tokens[state.row].extend(suffix)
-                    state.detector.skip(appended)
-                    state.detokenizer.restart(prompt_ids[state.row] + tokens[state.row])
-                    resume.append((pos, suffix, kept_end - start_len))
-
-            if not resume:
-                rnd.end = time.perf_counter()
-                break
-            ids, mask = _next_inputs(seqs, mask, start_len, resume, config.pad_token_id)
-            positions = [pos for pos, _, _ in resume]
-            if len(positions) < len(active):
-                cache.batch_select_indices(torch.tensor(positions, device=seqs.device))
-            active = [active[pos] for pos in positions]
-            round_index += 1
-            rnd.end = time.perf_counter()
-
-        timeline.end = time.perf_counter()
-        sequences = _layout(prompt_block, tokens, config.pad_token_id)
-        return ConveyorOutput(
-            texts=[s.text for s in states],
-            sequences=sequences,
-            tool_calls=list(timeline.calls),
-            timeline=timeline,
-            stop_reasons=[s.stop or "length" for s in states],
-        )
+            request.replay(replay)
+        return request.run()
 
     def _render(self, handler, result, text_so_far: str, unclosed) -> str:
         """The text appended after a call: a ``tool`` turn for JSON calls when the chat
@@ -400,7 +275,8 @@ class ConveyorGenerator:
                 return (unclosed.closer if unclosed is not None else "") + suffix
         return render_result(result, text_so_far, unclosed=unclosed)
 
-    def _replay_processor(self, replay: Sequence[str], rows: int, eos: set[int], hook: ConveyorHook):
+    def _replay_processor(self, replay: Sequence[str], rows: int, eos: set[int],
+                          hook: ConveyorHook) -> ReplayLogitsProcessor:
         if isinstance(replay, str):
             replay = [replay]
         if len(replay) != rows:
@@ -437,6 +313,158 @@ class ConveyorGenerator:
         if "max_length" in kwargs and config.max_length is not None:
             return max(1, int(config.max_length) - prompt_length)
         return DEFAULT_MAX_NEW_TOKENS
+
+
+class _Request:
+    """One ``generate`` call: its rows, tools in flight, hook, cache and timeline.
+
+    ``run`` alternates two steps until no row needs another round: ``_decode`` (one
+    ``model.generate`` call, during which the hook feeds the tools) and ``_settle`` (per
+    row: keep its tokens, wait for its calls, append their results, decide whether it
+    resumes). Rows that resume go on together in the next round on the same cache.
+    """
+
+    def __init__(self, gen: ConveyorGenerator, ids: torch.Tensor, mask: torch.Tensor, config: GenerationConfig,
+                 extra: dict[str, Any], *, budget: int, rounds: int,
+                 stream: Callable[[StreamEvent], None] | None, started: float) -> None:
+        self.gen, self.tokenizer = gen, gen.tokenizer
+        self.ids, self.mask, self.config, self.extra = ids, mask, config, extra
+        self.rounds = rounds
+        self.round_index = 0
+        self.eos = _eos_ids(config, self.tokenizer)
+        if config.pad_token_id is None:
+            config.pad_token_id = min(self.eos) if self.eos else 0
+        self.user_criteria = list(extra.pop("stopping_criteria", None) or [])
+        cache = extra.pop("past_key_values", None)
+        self.cache = cache if cache is not None else _new_cache(gen.model)
+        self.timeline = Timeline(start=started, mode=gen.mode)
+        self.notify = stream or (lambda event: None)
+        self.scheduler = Scheduler(
+            self.timeline, gen.mode,
+            on_unit_done=lambda row, name, rec: self.notify(StreamEvent("unit", row, rec.output, name, rec)),
+        )
+        self.prompt_block = ids
+        self.states = [
+            RowState(
+                row=i,
+                detector=CallDetector(gen.syntaxes),
+                detokenizer=IncrementalDetokenizer(self.tokenizer, ids[i][mask[i].bool()].tolist()),
+                budget=budget,
+                prompt=ids[i][mask[i].bool()].tolist(),
+            )
+            for i in range(ids.shape[0])
+        ]
+        self.hook = ConveyorHook(
+            self.eos, self._open_call, on_text=lambda row, text: self.notify(StreamEvent("text", row, text)),
+            abort_on_error=gen.on_error == "abort",
+        )
+        self.replayer: ReplayLogitsProcessor | None = None
+
+    def replay(self, texts: Sequence[str]) -> None:
+        """Force ``texts`` (one per row) through the model instead of letting it choose."""
+        self.replayer = self.gen._replay_processor(texts, len(self.states), self.eos, self.hook)
+        processors = list(self.extra.pop("logits_processor", None) or [])
+        self.extra["logits_processor"] = LogitsProcessorList([*processors, self.replayer])
+
+    def run(self) -> ConveyorOutput:
+        active = list(self.states)
+        while True:
+            rnd = RoundRecord(index=self.round_index, start=time.perf_counter())
+            self.timeline.rounds.append(rnd)
+            seqs = self._decode(active, rnd)
+            start_len = self.ids.shape[1]
+            resume = []
+            for pos, state in enumerate(active):
+                suffix = self._settle(state, seqs[pos], start_len, rnd)
+                if suffix is not None:
+                    resume.append((pos, suffix, state.stop_length - start_len - int(state.dropped_eos)))
+            if not resume:
+                rnd.end = time.perf_counter()
+                break
+            self.ids, self.mask = _next_inputs(seqs, self.mask, start_len, resume, self.config.pad_token_id)
+            positions = [pos for pos, _, _ in resume]
+            if len(positions) < len(active):
+                self.cache.batch_select_indices(torch.tensor(positions, device=seqs.device))
+            active = [active[pos] for pos in positions]
+            self.round_index += 1
+            rnd.end = time.perf_counter()
+        self.timeline.end = time.perf_counter()
+        return ConveyorOutput(
+            texts=[s.text for s in self.states],
+            sequences=_layout(self.prompt_block, [s.tokens for s in self.states], self.config.pad_token_id),
+            tool_calls=list(self.timeline.calls),
+            timeline=self.timeline,
+            stop_reasons=[s.stop or "length" for s in self.states],
+        )
+
+    def _open_call(self, state: RowState, event: CallEvent):
+        """Called by the hook (decode thread) when ``state``'s row opens a call."""
+        tools = self.gen.tools_for_row(state.row)
+        if event.tool == "":  # a JSON call names its tool inside
+
+            def open_tool(name: str):
+                return tools[name], self.scheduler.open(state.row, self.round_index, tools[name])
+
+            return JsonCallHandler(open_tool, list(tools), event.syntax)
+        tool = tools[event.tool]
+        call = self.scheduler.open(state.row, self.round_index, tool)
+        return UnitCallHandler(tool, call, tool.make_parser(), event.syntax)
+
+    def _decode(self, active: list[RowState], rnd: RoundRecord) -> torch.Tensor:
+        """One ``model.generate`` call over the ``active`` rows; returns its sequences."""
+        self.hook.start_round(active)
+        round_config = copy.deepcopy(self.config)
+        round_config.max_new_tokens = max(s.budget - s.generated for s in active)
+        round_config.max_length = None
+        counter = _PrefillCounter(self.gen.model)
+        try:
+            out = self.gen.model.generate(
+                input_ids=self.ids,
+                attention_mask=self.mask,
+                generation_config=round_config,
+                stopping_criteria=StoppingCriteriaList([*self.user_criteria, self.hook]),
+                past_key_values=self.cache,
+                **self.extra,
+            )
+        finally:
+            counter.remove()
+        rnd.decode_end = time.perf_counter()
+        rnd.prefill_tokens = counter.first
+        return out if isinstance(out, torch.Tensor) else out.sequences
+
+    def _settle(self, state: RowState, seq: torch.Tensor, start_len: int, rnd: RoundRecord) -> list[int] | None:
+        """After a round: keep the row's tokens, finish its calls and append their
+        results. Returns the appended ids if the row resumes, else None."""
+        if state.stop is None:  # max_new_tokens, or a caller's stopping criterion
+            state.stop, state.stop_length = "length", seq.shape[0]
+        self.hook.end_of_text(state)
+        # An EOS written inside an open call closes the call; the EOS is dropped
+        # (masked in the next round) so the model can read the result and go on.
+        state.dropped_eos = state.stop == "eos" and any(h.unclosed for h in state.handlers)
+        state.tokens.extend(seq[start_len:state.stop_length - int(state.dropped_eos)].tolist())
+        rnd.new_tokens += state.stop_length - start_len
+        if not state.handlers:
+            return None
+        appended = ""
+        for handler in state.handlers:
+            result = handler.finish(aborted=state.stop == "abort")
+            if handler.call is not None:
+                self.scheduler.finish(handler.call, result)
+            unclosed = handler.syntax if (handler.unclosed or state.stop == "abort") else None
+            appended += self.gen._render(handler, result, state.text + appended, unclosed)
+        state.pieces.append(appended)
+        self.notify(StreamEvent("result", state.row, appended))
+        resumes = state.stop in ("call", "abort") or state.dropped_eos
+        if not (resumes and self.round_index < self.rounds and state.generated < state.budget):
+            return None
+        if self.replayer is not None and state.stop == "abort":
+            for handler in state.handlers:
+                self.replayer.skip_past(state.row, state.generated, handler.syntax.closer)
+        suffix = self.tokenizer(appended, add_special_tokens=False)["input_ids"]
+        state.tokens.extend(suffix)
+        state.detector.skip(appended)
+        state.detokenizer.restart(state.prompt + state.tokens)
+        return suffix
 
 
 class _PrefillCounter:

@@ -85,19 +85,25 @@ class CallHandler:
 
 @dataclass
 class RowState:
-    """Everything one batch row carries across steps and rounds."""
+    """Everything one batch row carries across steps and rounds.
+
+    ``prompt`` and ``tokens`` are the row's ids (without padding): the prompt, then what
+    was kept of each round and the ids appended after each call. ``pieces`` is the text.
+    """
 
     row: int
     detector: CallDetector
     detokenizer: IncrementalDetokenizer
     budget: int
+    prompt: list[int] = field(default_factory=list)
     generated: int = 0
+    tokens: list[int] = field(default_factory=list)
     pieces: list[str] = field(default_factory=list)
     handler: CallHandler | None = None
     handlers: list[CallHandler] = field(default_factory=list)
     stop: StopReason | None = None
     stop_length: int | None = None
-    done: bool = False
+    dropped_eos: bool = False
 
     @property
     def text(self) -> str:
@@ -128,11 +134,15 @@ class ConveyorHook(StoppingCriteria):
         self.active: list[RowState] = []
 
     def start_round(self, rows: list[RowState]) -> None:
+        """Follow ``rows`` (in batch order) through the next ``generate`` call."""
         self.active = rows
         for state in rows:
-            state.stop, state.stop_length = None, None
+            state.stop, state.stop_length, state.dropped_eos = None, None, False
+            state.handler, state.handlers = None, []
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None = None, **kwargs) -> torch.BoolTensor:
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None = None, **kwargs
+    ) -> torch.BoolTensor:
         length = input_ids.shape[1]
         newest = input_ids[:, -1].tolist()
         flags = []

@@ -35,7 +35,9 @@ class ReplayLogitsProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self._hook is None:
-            raise RuntimeError("ReplayLogitsProcessor must be bound to the generator's hook; pass replay= to generate()")
+            raise RuntimeError(
+                "ReplayLogitsProcessor must be bound to the generator's hook; pass replay= to generate()"
+            )
         forced = torch.full_like(scores, float("-inf"))
         for pos, state in enumerate(self._hook.active):
             script = self.scripts[state.row]

@@ -37,13 +37,8 @@ class Scheduler:
 
     def open(self, row: int, round_index: int, tool: Tool) -> ToolCall:
         """Open a call of ``tool`` for ``row``; returns at once (warm-up runs on a worker)."""
-        callback = None
-        if self.on_unit_done is not None:
-            notify = self.on_unit_done
-
-            def callback(record: UnitRecord, row: int = row, name: str = tool.name) -> None:
-                notify(row, name, record)
-
+        notify = self.on_unit_done
+        callback = None if notify is None else (lambda record: notify(row, tool.name, record))
         call = tool.open_call(early=self.mode == "partial", on_unit_done=callback)
         record = CallRecord(
             row=row, round=round_index, tool=tool.name, opened=call.opened, lanes=tool.max_concurrency

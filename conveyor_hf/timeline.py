@@ -84,8 +84,8 @@ class Timeline:
         """Latency of a zero-overhead pipeline with the measured decode and tool times.
 
         Per round: each unit starts when its text was decoded (its ``emitted`` time), a
-        lane of its call is free and (plan tasks) its dependencies are done; the round ends when both its decoding and all its
-        units are done. Rounds follow one another; nothing else costs time.
+        lane of its call is free and (plan tasks) its dependencies are done; the round
+        ends when both its decoding and all its units are done. Rounds follow one another; nothing else costs time.
         """
         total = 0.0
         for rnd in self.rounds:
@@ -134,8 +134,8 @@ class Timeline:
             )
 
         for rnd in self.rounds:
-            span(f"decode round {rnd.index}", 0, rnd.start, rnd.decode_end, new_tokens=rnd.new_tokens,
-                 prefill_tokens=rnd.prefill_tokens)
+            span(f"decode round {rnd.index}", 0, rnd.start, rnd.decode_end,
+                 new_tokens=rnd.new_tokens, prefill_tokens=rnd.prefill_tokens)
             if rnd.end > rnd.decode_end:
                 span("wait for tools", 0, rnd.decode_end, rnd.end)
         for lane, (name, units) in enumerate(self._lanes(), start=1):

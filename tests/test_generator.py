@@ -44,7 +44,9 @@ def test_greedy_without_tools_equals_model_generate(tiny_model, tokenizer):
 
 def test_tool_result_is_appended_and_decoding_resumes(tiny_model, tokenizer):
     out = run(tiny_model, tokenizer)
-    assert out.text == "Sure.\n```echo\nhello\nworld\n```\n```output\nECHO hello\nECHO world\n```\n\nDone: the tool said hello."
+    assert out.text == (
+        "Sure.\n```echo\nhello\nworld\n```\n```output\nECHO hello\nECHO world\n```\n\nDone: the tool said hello."
+    )
     assert out.stop_reasons == ["eos"]
     [call] = out.tool_calls
     assert call.tool == "echo" and [u.output for u in call.units] == ["ECHO hello", "ECHO world"]

@@ -1,7 +1,5 @@
 """The incremental detokenizer and the per-step hook."""
 
-import random
-
 import pytest
 import torch
 

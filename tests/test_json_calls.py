@@ -31,7 +31,8 @@ def test_json_call_reaches_the_tool_and_returns_as_a_tool_turn(tiny_model, token
 
 def test_modes_agree_on_json_calls(tiny_model, tokenizer):
     script = '<tool_call>{"name": "lookup", "arguments": {"input": "a"}}</tool_call>ok'
-    assert run(tiny_model, tokenizer, script, mode="partial").text == run(tiny_model, tokenizer, script, mode="lazy").text
+    partial = run(tiny_model, tokenizer, script, mode="partial")
+    assert partial.text == run(tiny_model, tokenizer, script, mode="lazy").text
 
 
 def test_unknown_tool_and_malformed_json_are_errors_for_the_model(tiny_model, tokenizer):
@@ -44,8 +45,8 @@ def test_unknown_tool_and_malformed_json_are_errors_for_the_model(tiny_model, to
 
 def test_python_code_argument_still_runs_statement_by_statement(tiny_model, tokenizer):
     code = "x = 20\\nprint(x + 22)"
-    out = run(tiny_model, tokenizer, f'<tool_call>{{"name": "python", "arguments": {{"code": "{code}"}}}}</tool_call>ok',
-              tools=[PythonTool()])
+    call_text = f'<tool_call>{{"name": "python", "arguments": {{"code": "{code}"}}}}</tool_call>ok'
+    out = run(tiny_model, tokenizer, call_text, tools=[PythonTool()])
     [call] = out.tool_calls
     assert [u.unit.text for u in call.units] == ["x = 20\n", "print(x + 22)\n"]
     assert "42" in out.text
@@ -80,7 +81,8 @@ def test_arguments_before_the_name_are_kept():
 
 def test_helpers(tokenizer):
     assert primary_argument(PythonTool) == "code"
-    assert tool_turn_suffix(tokenizer, "lookup", "R") == "<|im_end|>\n<|im_start|>tool\nR<|im_end|>\n<|im_start|>assistant\n"
+    expected = "<|im_end|>\n<|im_start|>tool\nR<|im_end|>\n<|im_start|>assistant\n"
+    assert tool_turn_suffix(tokenizer, "lookup", "R") == expected
 
 
 @pytest.mark.slow

@@ -263,4 +263,3 @@ def test_rejects_bad_settings():
         PythonTool(timeout=0, prestart=False)
     with pytest.raises(ValueError, match="cwd"):
         PythonTool(cwd="/no/such/dir/anywhere", prestart=False)
-

@@ -50,10 +50,12 @@ def qa_db(tmp_path_factory: pytest.TempPathFactory, datasets) -> Path:
     )
     for item in parallel:
         qid = f"parallelqa-{item['id']}"
-        conn.execute("INSERT INTO questions VALUES (?, 'parallelqa', ?, ?, NULL)", (qid, item["question"], item["branch"]))
+        conn.execute("INSERT INTO questions VALUES (?, 'parallelqa', ?, ?, NULL)",
+                     (qid, item["question"], item["branch"]))
         conn.execute("INSERT INTO answers VALUES (?, ?)", (qid, str(item["answer"])))
     for item in hotpot:
-        conn.execute("INSERT INTO questions VALUES (?, 'hotpotqa', ?, NULL, ?)", (item["id"], item["question"], item["level"]))
+        conn.execute("INSERT INTO questions VALUES (?, 'hotpotqa', ?, NULL, ?)",
+                     (item["id"], item["question"], item["level"]))
         conn.execute("INSERT INTO answers VALUES (?, ?)", (item["id"], str(item["answer"])))
     conn.commit()
     conn.close()
