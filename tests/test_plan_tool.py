@@ -15,6 +15,7 @@ from conveyor_hf.tools.base import SideEffect, Tool, UnitOutput
 from conveyor_hf.tools.plan import PlanCall, PlanTool, numeric_value
 from parsers.plan import PlanParser, PlanTask
 from parsers.unit import Unit
+from helpers import wait_until
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "llmcompiler"
 
@@ -39,16 +40,6 @@ class Slow(Tool):
         if "boom" in str(unit.value):
             return UnitOutput("", f"{self.name} exploded on {unit.value!r}")
         return UnitOutput(f"{self.name}:{unit.value}")
-
-
-def wait_until(predicate, limit: float = 10.0) -> bool:
-    """Poll ``predicate`` (bounded); observes progress, never times it."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
 
 
 def overlap(a, b) -> bool:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -14,18 +13,9 @@ import pytest
 from conveyor_hf.tools.base import SideEffect
 from conveyor_hf.tools.sql import SQLStatementParser, SQLTool, format_rows, split_statements
 from parsers.unit import Unit
+from helpers import wait_until
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "llmcompiler"
-
-
-def wait_until(predicate, limit: float = 10.0) -> bool:
-    """Poll ``predicate`` (bounded); used to observe worker progress, never to time it."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -23,19 +22,10 @@ from conveyor_hf.tools.validation import (
 )
 from parsers.json_object import JsonObjectParser
 from parsers.unit import Unit
+from helpers import wait_until
 
 CITIES = ["Austin, Texas", "Chicago", "Houston", "Seattle", "Washington, D.C.", "Paris", "Texas", "Dallas",
           "California", "Eiffel Tower", "New York City", "New York (state)", "San Juan, Puerto Rico"]
-
-
-def wait_until(predicate, limit: float = 10.0) -> bool:
-    """Poll ``predicate`` (bounded); observes progress, never times it."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
 
 
 class Weather(ValidatedTool):
