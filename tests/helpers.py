@@ -1,6 +1,10 @@
 """Small helpers shared by the tool tests (importable because pytest puts tests/ on sys.path)."""
 
 import time
+from pathlib import Path
+
+#: LLMCompiler's ParallelQA and HotpotQA-comparison questions, vendored with their licence.
+LLMCOMPILER_DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "llmcompiler"
 
 
 def wait_until(predicate, limit: float = 10.0) -> bool:

