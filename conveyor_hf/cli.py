@@ -38,15 +38,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sub.add_parser("tools", help="list the tools that can be named in --tools")
 
-    bench = sub.add_parser("bench", help="lazy vs partial benchmarks (see benchmarks/)")
-    bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark harness")
+    sub.add_parser("bench", help="lazy vs partial benchmarks; `conveyor-hf bench --help` for options",
+                   add_help=False)
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # everything after it belongs to the benchmark harness
+        return _bench(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "run":
         return _run(args)
-    if args.command == "tools":
-        return _list_tools()
-    return _bench(args.rest)
+    return _list_tools()
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:

@@ -10,7 +10,10 @@ writes them: ``feed(unit)`` returns at once, ``finish()`` waits for what is left
 returns a :class:`ToolResult`. ``Tool.run(text)`` does the same in one shot.
 
 Work that may hang must run somewhere it can be stopped (a kernel that can be
-interrupted, a child process that can be killed): threads cannot be killed. As a last
+interrupted, a child process that can be killed): threads cannot be killed. ``execute``
+runs on a thread of the decoding process, so CPU-heavy pure-Python work there competes
+with decoding for the GIL; put it in a child process or kernel too (as ``PythonTool``
+and ``CalculatorTool`` do). Waiting on I/O, sockets or SQLite releases the GIL and is fine. As a last
 line of defence ``ToolCall.finish`` stops waiting for a unit ``timeout + grace`` seconds
 after it started, reports it as an error and abandons its (daemon) thread, so a broken
 tool can never hang ``generate``.
