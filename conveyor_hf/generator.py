@@ -344,15 +344,16 @@ class _Request:
             on_unit_done=lambda row, name, rec: self.notify(StreamEvent("unit", row, rec.output, name, rec)),
         )
         self.prompt_block = ids
+        prompts = [ids[i][mask[i].bool()].tolist() for i in range(ids.shape[0])]
         self.states = [
             RowState(
                 row=i,
                 detector=CallDetector(gen.syntaxes),
-                detokenizer=IncrementalDetokenizer(self.tokenizer, ids[i][mask[i].bool()].tolist()),
+                detokenizer=IncrementalDetokenizer(self.tokenizer, prompt),
                 budget=budget,
-                prompt=ids[i][mask[i].bool()].tolist(),
+                prompt=prompt,
             )
-            for i in range(ids.shape[0])
+            for i, prompt in enumerate(prompts)
         ]
         self.hook = ConveyorHook(
             self.eos, self._open_call, on_text=lambda row, text: self.notify(StreamEvent("text", row, text)),
