@@ -339,9 +339,11 @@ class _Request:
         self.cache = cache if cache is not None else _new_cache(gen.model)
         self.timeline = Timeline(start=started, mode=gen.mode)
         self.notify = stream or (lambda event: None)
+        # Without a stream callback nothing is built per text delta or unit (hot path).
         self.scheduler = Scheduler(
             self.timeline, gen.mode,
-            on_unit_done=lambda row, name, rec: self.notify(StreamEvent("unit", row, rec.output, name, rec)),
+            on_unit_done=None if stream is None else (
+                lambda row, name, rec: stream(StreamEvent("unit", row, rec.output, name, rec))),
         )
         self.prompt_block = ids
         prompts = [ids[i][mask[i].bool()].tolist() for i in range(ids.shape[0])]
@@ -356,7 +358,8 @@ class _Request:
             for i, prompt in enumerate(prompts)
         ]
         self.hook = ConveyorHook(
-            self.eos, self._open_call, on_text=lambda row, text: self.notify(StreamEvent("text", row, text)),
+            self.eos, self._open_call,
+            on_text=None if stream is None else (lambda row, text: stream(StreamEvent("text", row, text))),
             abort_on_error=gen.on_error == "abort",
         )
         self.replayer: ReplayLogitsProcessor | None = None
