@@ -20,10 +20,13 @@ Interval = tuple[float, float]
 
 @dataclass
 class RoundRecord:
-    """One ``model.generate`` call of the tool loop.
+    """One decoding round of the tool loop (one ``model.generate`` call, or one streamed
+    request of one conversation).
 
     ``start``..``decode_end`` is decoding (prefill included); ``decode_end``..``end`` is
-    waiting for tool work and preparing the re-prompt.
+    waiting for tool work and preparing the re-prompt. ``row`` is None for a round that
+    decodes all rows of a batch together; engines that decode each conversation on its
+    own (remote engines) record one round per conversation and request, with its row.
     """
 
     index: int
@@ -32,6 +35,7 @@ class RoundRecord:
     end: float = 0.0
     new_tokens: int = 0
     prefill_tokens: int = 0
+    row: int | None = None
 
     @property
     def decode(self) -> float:
@@ -86,18 +90,21 @@ class Timeline:
         Per round: each unit starts when its text was decoded (its ``emitted`` time), a
         lane of its call is free and (plan tasks) its dependencies are done; the round
         ends when both its decoding and all its units are done. Rounds follow one another; nothing else costs time.
+        Conversations decoded on their own (rounds with a ``row``) run side by side: the
+        ideal is that of the slowest one.
         """
-        total = 0.0
+        per_row: dict[int | None, float] = {}
         for rnd in self.rounds:
             finish = rnd.decode
-            for call in (c for c in self.calls if c.round == rnd.index):
-                finish = max(finish, _pipelined_finish(call, rnd.start, rnd.decode))
-            total += finish
-        return total
+            for call in self.calls:
+                if call.round == rnd.index and (rnd.row is None or call.row == rnd.row):
+                    finish = max(finish, _pipelined_finish(call, rnd.start, rnd.decode))
+            per_row[rnd.row] = per_row.get(rnd.row, 0.0) + finish
+        return max(per_row.values(), default=0.0)
 
     def summary(self) -> dict[str, Any]:
         """Metrics in seconds (``rounds``, ``units``, ``new_tokens`` are counts)."""
-        decode = sum(r.decode for r in self.rounds)
+        decode = _length(_union(self.decode_intervals()))  # rounds of several rows may overlap
         tokens = sum(r.new_tokens for r in self.rounds)
         return {
             "latency": self.end - self.start,
@@ -134,7 +141,8 @@ class Timeline:
             )
 
         for rnd in self.rounds:
-            span(f"decode round {rnd.index}", 0, rnd.start, rnd.decode_end,
+            label = f"decode round {rnd.index}" + ("" if rnd.row is None else f" · row {rnd.row}")
+            span(label, 0, rnd.start, rnd.decode_end,
                  new_tokens=rnd.new_tokens, prefill_tokens=rnd.prefill_tokens)
             if rnd.end > rnd.decode_end:
                 span("wait for tools", 0, rnd.decode_end, rnd.end)

@@ -107,6 +107,13 @@ class CallDetector:
         if text:
             self._line_start = text.endswith("\n")
 
+    def drop_held(self) -> int:
+        """Forget text fed but not yet emitted (held while it may start an opener or a
+        closer); returns how many characters were dropped. For callers that stop
+        reading the stream at a call's closer."""
+        held, self._buf = len(self._buf), ""
+        return held
+
     def feed(self, text: str) -> list[CallEvent]:
         """Consume a text delta; return the events it completed."""
         self._buf += text

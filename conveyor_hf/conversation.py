@@ -1,0 +1,221 @@
+"""One conversation of the tool loop, independent of who decodes it.
+
+An engine (``conveyor_hf.engines``) decodes; a :class:`Conversation` is fed what it
+decodes, one token id (:meth:`Conversation.feed_token`) or one text delta
+(:meth:`Conversation.feed_text`) at a time. It runs the call detector and the open
+call's handler (the tools start on each complete unit at once) and answers with its
+stop reason: ``None`` (go on), ``"call"`` (a call closed: stop decoding this
+conversation), ``"abort"`` (a unit failed and ``on_error="abort"``), ``"eos"`` or
+``"length"`` (the answer, or its budget, ended). After a stop the tool loop closes the
+round (:meth:`close_round`), finishes the calls (:meth:`finish_calls`: waits only for
+unfinished tool work and renders each result) and, if the answer goes on, appends the
+result (:meth:`append`) and asks the engine to resume from prompt + tokens.
+
+Nothing here knows about ``model.generate``, HTTP or batches: the same object serves the
+``generate`` engine (ids, one row of a batch) and remote engines (text deltas).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Literal, Sequence
+
+from parsers.calls import CallDetector, CallEvent
+
+from conveyor_hf.detokenizer import IncrementalDetokenizer
+
+if TYPE_CHECKING:
+    from conveyor_hf.call_handlers import CallHandler
+    from conveyor_hf.tools.base import ToolResult
+
+StopReason = Literal["call", "eos", "length", "abort", "error"]
+
+#: Stop reasons after which the answer goes on once the call's result is appended.
+RESUMING: tuple[StopReason, ...] = ("call", "abort")
+
+
+@dataclass
+class ConversationRules:
+    """What all conversations of one request share.
+
+    ``open_call(conversation, event)`` returns the handler of a call that just opened;
+    ``eos_token_ids`` end an answer (token engines); ``on_text(row, text)`` sees every
+    kept text delta (streaming); ``abort_on_error`` stops a call at its first failed unit.
+    """
+
+    open_call: Callable[["Conversation", CallEvent], "CallHandler"]
+    eos_token_ids: frozenset[int] = frozenset()
+    on_text: Callable[[int, str], None] | None = None
+    abort_on_error: bool = False
+
+
+@dataclass
+class Conversation:
+    """Everything one conversation carries across decoding steps and rounds.
+
+    ``prompt`` and ``tokens`` are its ids (without padding): the prompt, then what was
+    kept of each round and the ids appended after each call; ``pieces`` is the text of
+    the answer (tool results included). ``generated`` counts decoded tokens over the
+    whole answer against ``budget``. ``round_index`` counts the rounds it resumed.
+    """
+
+    row: int
+    detector: CallDetector
+    detokenizer: IncrementalDetokenizer
+    budget: int
+    prompt: list[int] = field(default_factory=list)
+    generated: int = 0
+    tokens: list[int] = field(default_factory=list)
+    pieces: list[str] = field(default_factory=list)
+    handler: "CallHandler | None" = None
+    handlers: list["CallHandler"] = field(default_factory=list)
+    stop: StopReason | None = None
+    stop_length: int | None = None
+    dropped_eos: bool = False
+    round_index: int = 0
+    rules: ConversationRules | None = None
+    error: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The answer so far, tool results included."""
+        return "".join(self.pieces)
+
+    @property
+    def resumes(self) -> bool:
+        """Whether this round's stop lets the answer go on after the results."""
+        return self.stop in RESUMING or self.dropped_eos
+
+    # -- decoding ----------------------------------------------------------------------
+    def begin_round(self) -> None:
+        """Forget the previous round's stop and calls; decoding starts (again)."""
+        self.stop, self.stop_length, self.dropped_eos = None, None, False
+        self.handler, self.handlers = None, []
+
+    def feed_token(self, token: int, length: int | None = None) -> StopReason | None:
+        """One decoded token id (``length``: the sequence length it brings, for the
+        engine's bookkeeping); returns the stop reason, None to go on."""
+        rules = self._rules()
+        self.generated += 1
+        if token in rules.eos_token_ids:
+            self.stop, self.stop_length = "eos", length
+            return self.stop
+        delta = self.detokenizer.push(token)
+        if delta:
+            self.feed_text(delta)
+        if self.stop is None and self.generated >= self.budget:
+            self.stop, self.stop_length = "length", length
+        elif self.stop == "call":
+            self.stop_length = length
+        elif rules.abort_on_error and self.handler is not None and self.handler.failed:
+            self.stop, self.stop_length = "abort", length
+        return self.stop
+
+    def feed_delta(self, text: str) -> StopReason | None:
+        """One text delta from an engine that streams text (it may hold several tokens);
+        returns the stop reason, None to go on.
+
+        What follows a call's closer in the same delta is dropped: the engine stops
+        decoding this conversation there. The engine counts tokens into ``generated``.
+        """
+        rules = self._rules()
+        self.feed_text(text, cut_after_call=True)
+        if self.stop is None and rules.abort_on_error and self.handler is not None and self.handler.failed:
+            self.stop = "abort"
+        return self.stop
+
+    def feed_text(self, text: str, *, cut_after_call: bool = False) -> None:
+        """Route decoded text through the call detector into the open call.
+
+        Token engines feed one token's text: what follows a call's closer inside the same
+        token is kept as plain text (``cut_after_call=False``).
+        """
+        rules = self._rules()
+        events = self.detector.feed(text)
+        if cut_after_call:
+            text = self._cut_after_close(text, events)
+        self.pieces.append(text)
+        if rules.on_text is not None and text:
+            rules.on_text(self.row, text)
+        for event in events:
+            self._dispatch(event)
+
+    def end_of_text(self) -> None:
+        """No more text this round: flush held text and close a call left open."""
+        rest = self.detokenizer.flush()
+        if rest:
+            self.feed_text(rest)
+        if self.stop != "call" and self.detector.in_call:
+            for event in self.detector.close():
+                self._dispatch(event)
+
+    # -- after a stop ------------------------------------------------------------------
+    def close_round(self, new_ids: Sequence[int], *, ends_with_eos: bool) -> int:
+        """Keep this round's decoded ids; returns how many were kept.
+
+        An EOS written inside an open call closes the call; that EOS is dropped (the
+        engine masks it) so the model can read the result and go on.
+        """
+        self.end_of_text()
+        self.dropped_eos = self.stop == "eos" and ends_with_eos and any(h.unclosed for h in self.handlers)
+        kept = list(new_ids[: len(new_ids) - int(self.dropped_eos)])
+        self.tokens.extend(kept)
+        return len(kept)
+
+    def finish_calls(
+        self, *, tokenizer, on_result: Callable[["CallHandler", "ToolResult"], None] | None = None,
+    ) -> str | None:
+        """Wait for this round's calls and render their results, in call order.
+
+        Returns the text to append (already added to the answer), None if no call ran.
+        ``on_result`` sees each handler with its result (to record it in the timeline).
+        """
+        if not self.handlers:
+            return None
+        aborted = self.stop == "abort"
+        appended = ""
+        for handler in self.handlers:
+            result = handler.finish(aborted=aborted)
+            if on_result is not None:
+                on_result(handler, result)
+            appended += handler.render(result, self.text + appended, tokenizer=tokenizer, aborted=aborted)
+        self.pieces.append(appended)
+        return appended
+
+    def append(self, text: str, ids: Sequence[int]) -> None:
+        """Account for ``text`` (as ``ids``) appended after a call: not parsed, not
+        counted against the budget; decoding resumes after it."""
+        self.tokens.extend(ids)
+        self.detector.skip(text)
+        self.detokenizer.restart(self.prompt + self.tokens)
+        self.round_index += 1
+
+    # -- internals ---------------------------------------------------------------------
+    def _rules(self) -> ConversationRules:
+        if self.rules is None:
+            raise RuntimeError(f"conversation {self.row} has no rules; the engine must bind them before decoding")
+        return self.rules
+
+    def _dispatch(self, event: CallEvent) -> None:
+        if self.stop == "call":  # text after the closer in the same delta: kept as text only
+            return
+        if event.kind == "open":
+            self.handler = self._rules().open_call(self, event)
+            self.handlers.append(self.handler)
+        elif event.kind == "body" and self.handler is not None:
+            self.handler.feed(event.text)
+        elif event.kind == "close" and self.handler is not None:
+            self.handler.close(event.closed)
+            self.handler = None
+            if event.closed:
+                self.stop = "call"
+
+    def _cut_after_close(self, text: str, events: list[CallEvent]) -> str:
+        """``text`` up to the end of the first closer it completes (all of it if none)."""
+        if self.stop == "call":
+            return text
+        for at, event in enumerate(events):
+            if event.kind == "close" and event.closed:
+                after = sum(len(e.text) for e in events[at + 1:]) + self.detector.drop_held()
+                return text[: max(0, len(text) - after)]
+        return text

@@ -1,0 +1,200 @@
+"""One ``generate`` call of the tool loop, independent of the engine that decodes it.
+
+A :class:`ToolLoop` holds the request's conversations (one per batch row), the tools in
+flight, the timeline and the generation settings. Its engine decodes and, whenever a
+conversation stops, calls :meth:`ToolLoop.settle`: keep what was decoded, wait only for
+unfinished tool work, append the results in the model's own format, and say whether the
+conversation resumes (returning the appended ids) or is done. :meth:`ToolLoop.output`
+builds the :class:`~conveyor_hf.outputs.ConveyorOutput` at the end.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+from transformers import GenerationConfig, LogitsProcessorList
+
+from parsers.calls import CallDetector, CallEvent, CallSyntax
+
+from conveyor_hf.call_handlers import CallHandler, JsonCallHandler, UnitCallHandler
+from conveyor_hf.conversation import Conversation, ConversationRules
+from conveyor_hf.detokenizer import IncrementalDetokenizer
+from conveyor_hf.outputs import ConveyorOutput, StreamEvent
+from conveyor_hf.replay import ReplayLogitsProcessor
+from conveyor_hf.scheduler import Mode, Scheduler
+from conveyor_hf.timeline import RoundRecord, Timeline
+from conveyor_hf.tools.base import Tool, ToolResult
+
+
+class ToolLoop:
+    """One ``generate`` call: its conversations, tools in flight, timeline and settings.
+
+    What an engine reads: ``conversations``; ``input_ids`` / ``attention_mask`` (the
+    left-padded prompt batch) or ``prompt_texts`` (one rendered prompt per row);
+    ``config`` (the effective ``GenerationConfig``) and ``extra`` (the other
+    ``generate`` keywords); ``cache`` (a caller's KV cache, or None); ``rules`` (shared by
+    the conversations); ``replayer`` (set by ``replay=``); ``max_rounds``. What it calls:
+    :meth:`begin_round` / :meth:`end_round` around each decoding round, :meth:`settle`
+    after each conversation stops. ``settle`` may be called from several threads at once.
+    """
+
+    def __init__(
+        self,
+        *,
+        tokenizer: Any,
+        tools_for_row: Callable[[int], dict[str, Tool]],
+        syntaxes: Sequence[CallSyntax],
+        mode: Mode,
+        abort_on_error: bool,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prompt_texts: Sequence[str] | None,
+        config: GenerationConfig,
+        extra: dict[str, Any],
+        eos_token_ids: set[int],
+        budget: int,
+        max_rounds: int,
+        cache: Any = None,
+        stream: Callable[[StreamEvent], None] | None = None,
+        started: float | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.tools_for_row = tools_for_row
+        self.input_ids, self.attention_mask = input_ids, attention_mask
+        self.config, self.extra, self.cache = config, extra, cache
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.max_rounds = max_rounds
+        self.timeline = Timeline(start=started if started is not None else time.perf_counter(), mode=mode)
+        self.notify = stream or (lambda event: None)
+        # Without a stream callback nothing is built per text delta or unit (hot path).
+        self.scheduler = Scheduler(
+            self.timeline, mode,
+            on_unit_done=None if stream is None else (
+                lambda row, name, rec: stream(StreamEvent("unit", row, rec.output, name, rec))),
+        )
+        self.rules = ConversationRules(
+            open_call=self._open_call,
+            eos_token_ids=self.eos_token_ids,
+            on_text=None if stream is None else (lambda row, text: stream(StreamEvent("text", row, text))),
+            abort_on_error=abort_on_error,
+        )
+        prompts = [input_ids[i][attention_mask[i].bool()].tolist() for i in range(input_ids.shape[0])]
+        self.conversations = [
+            Conversation(
+                row=i,
+                detector=CallDetector(syntaxes),
+                detokenizer=IncrementalDetokenizer(tokenizer, prompt),
+                budget=budget,
+                prompt=prompt,
+                rules=self.rules,
+            )
+            for i, prompt in enumerate(prompts)
+        ]
+        self._prompt_texts = list(prompt_texts) if prompt_texts is not None else None
+        self.replayer: ReplayLogitsProcessor | None = None
+        self._tokenizer_lock = threading.Lock()
+
+    # -- what engines read -------------------------------------------------------------
+    @property
+    def prompt_texts(self) -> list[str]:
+        """The prompt of each row as text (rendered chat, or the decoded ids)."""
+        if self._prompt_texts is None:
+            self._prompt_texts = [
+                self.tokenizer.decode(c.prompt, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+                for c in self.conversations
+            ]
+        return self._prompt_texts
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens (thread-safe)."""
+        with self._tokenizer_lock:
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    # -- set-up ------------------------------------------------------------------------
+    def replay(self, texts: Sequence[str] | str) -> None:
+        """Force ``texts`` (one per row) through the model instead of letting it choose."""
+        if isinstance(texts, str):
+            texts = [texts]
+        rows = len(self.conversations)
+        if len(texts) != rows:
+            raise ValueError(f"replay has {len(texts)} texts for {rows} rows; give one text per row")
+        if not self.eos_token_ids:
+            raise ValueError("replay needs an EOS token to end each answer; set generation_config.eos_token_id")
+        scripts = [self.encode_text(text) for text in texts]
+        self.replayer = ReplayLogitsProcessor(scripts, eos_token_id=min(self.eos_token_ids), tokenizer=self.tokenizer)
+        processors = list(self.extra.pop("logits_processor", None) or [])
+        self.extra["logits_processor"] = LogitsProcessorList([*processors, self.replayer])
+
+    # -- rounds ------------------------------------------------------------------------
+    def begin_round(self, index: int, row: int | None = None) -> RoundRecord:
+        """Record the start of a decoding round (``row`` None: all rows of a batch)."""
+        rnd = RoundRecord(index=index, start=time.perf_counter(), row=row)
+        self.timeline.rounds.append(rnd)
+        return rnd
+
+    @staticmethod
+    def end_round(rnd: RoundRecord) -> None:
+        rnd.end = time.perf_counter()
+
+    def settle(self, conv: Conversation, new_ids: Sequence[int], *, ends_with_eos: bool) -> list[int] | None:
+        """After ``conv`` stopped: keep ``new_ids`` (this round's decoded ids), finish its
+        calls and append their results. Returns the appended ids if it resumes, else None.
+
+        The engine sets ``conv.stop`` first when it stopped the conversation itself
+        (``"length"``, ``"error"``).
+        """
+        conv.close_round(new_ids, ends_with_eos=ends_with_eos)
+        appended = conv.finish_calls(tokenizer=self.tokenizer, on_result=self._record)
+        if appended is None:
+            return None
+        self.notify(StreamEvent("result", conv.row, appended))
+        if not (conv.resumes and conv.round_index < self.max_rounds and conv.generated < conv.budget):
+            return None
+        if self.replayer is not None and conv.stop == "abort":
+            for handler in conv.handlers:
+                self.replayer.skip_past(conv.row, conv.generated, handler.syntax.closer)
+        suffix = self.encode_text(appended)
+        conv.append(appended, suffix)
+        return suffix
+
+    def output(self) -> ConveyorOutput:
+        """The request's result, once every conversation is done."""
+        self.timeline.end = time.perf_counter()
+        pad = self.config.pad_token_id if self.config.pad_token_id is not None else 0
+        return ConveyorOutput(
+            texts=[c.text for c in self.conversations],
+            sequences=_layout(self.input_ids, [c.tokens for c in self.conversations], pad),
+            tool_calls=list(self.timeline.calls),
+            timeline=self.timeline,
+            stop_reasons=[c.stop or "length" for c in self.conversations],
+            errors=[c.error for c in self.conversations],
+        )
+
+    # -- internals ---------------------------------------------------------------------
+    def _open_call(self, conv: Conversation, event: CallEvent) -> CallHandler:
+        """Called on the decoding thread when ``conv`` opens a call; returns at once."""
+        tools = self.tools_for_row(conv.row)
+        if event.tool == "":  # a JSON call names its tool inside
+
+            def open_tool(name: str):
+                return tools[name], self.scheduler.open(conv.row, conv.round_index, tools[name])
+
+            return JsonCallHandler(open_tool, list(tools), event.syntax)
+        tool = tools[event.tool]
+        call = self.scheduler.open(conv.row, conv.round_index, tool)
+        return UnitCallHandler(tool, call, tool.make_parser(), event.syntax)
+
+    def _record(self, handler: CallHandler, result: ToolResult) -> None:
+        if handler.call is not None:
+            self.scheduler.finish(handler.call, result)
+
+
+def _layout(prompt_block: torch.Tensor, continuations: list[list[int]], pad_id: int) -> torch.Tensor:
+    """The prompt block, then each row's continuation, right-padded (``generate``'s layout)."""
+    width = max((len(c) for c in continuations), default=0)
+    rows = [c + [pad_id] * (width - len(c)) for c in continuations]
+    tail = torch.tensor(rows, dtype=prompt_block.dtype, device=prompt_block.device).reshape(len(rows), width)
+    return torch.cat([prompt_block, tail], dim=1)
