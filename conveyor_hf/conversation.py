@@ -150,15 +150,18 @@ class Conversation:
                 self._dispatch(event)
 
     # -- after a stop ------------------------------------------------------------------
-    def close_round(self, new_ids: Sequence[int], *, ends_with_eos: bool) -> int:
+    def close_round(self, new_ids: Sequence[int], *, eos_token_last: bool) -> int:
         """Keep this round's decoded ids; returns how many were kept.
 
-        An EOS written inside an open call closes the call; that EOS is dropped (the
-        engine masks it) so the model can read the result and go on.
+        An EOS written inside an open call closes the call and is ignored (the engine
+        masks it, or leaves it out of the next prompt) so the model can read the result
+        and go on; ``eos_token_last`` says whether ``new_ids`` end with that EOS id
+        (token engines) or the engine only reported it (text engines).
         """
         self.end_of_text()
-        self.dropped_eos = self.stop == "eos" and ends_with_eos and any(h.unclosed for h in self.handlers)
-        kept = list(new_ids[: len(new_ids) - int(self.dropped_eos)])
+        self.dropped_eos = self.stop == "eos" and any(h.unclosed for h in self.handlers)
+        drop = int(self.dropped_eos and eos_token_last)
+        kept = list(new_ids[: len(new_ids) - drop])
         self.tokens.extend(kept)
         return len(kept)
 

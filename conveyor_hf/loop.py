@@ -139,14 +139,15 @@ class ToolLoop:
     def end_round(rnd: RoundRecord) -> None:
         rnd.end = time.perf_counter()
 
-    def settle(self, conv: Conversation, new_ids: Sequence[int], *, ends_with_eos: bool) -> list[int] | None:
+    def settle(self, conv: Conversation, new_ids: Sequence[int], *, eos_token_last: bool) -> list[int] | None:
         """After ``conv`` stopped: keep ``new_ids`` (this round's decoded ids), finish its
         calls and append their results. Returns the appended ids if it resumes, else None.
+        ``eos_token_last``: whether ``new_ids`` end with the EOS id of an ``"eos"`` stop.
 
         The engine sets ``conv.stop`` first when it stopped the conversation itself
         (``"length"``, ``"error"``).
         """
-        conv.close_round(new_ids, ends_with_eos=ends_with_eos)
+        conv.close_round(new_ids, eos_token_last=eos_token_last)
         appended = conv.finish_calls(tokenizer=self.tokenizer, on_result=self._record)
         if appended is None:
             return None

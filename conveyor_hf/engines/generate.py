@@ -91,8 +91,7 @@ class GenerateEngine(Engine):
                 if conv.stop is None:  # max_new_tokens, or a caller's stopping criterion
                     conv.stop, conv.stop_length = "length", seqs.shape[1]
                 rnd.new_tokens += conv.stop_length - start_len
-                suffix = loop.settle(conv, seqs[pos, start_len:conv.stop_length].tolist(),
-                                     ends_with_eos=conv.stop == "eos")
+                suffix = loop.settle(conv, seqs[pos, start_len:conv.stop_length].tolist(), eos_token_last=True)
                 if suffix is not None:
                     resume.append((pos, suffix, conv.stop_length - start_len - int(conv.dropped_eos)))
             if not resume:
