@@ -2,6 +2,7 @@
 
     conveyor-hf run "Use Python to find the 30th Fibonacci number."
     conveyor-hf run --mode lazy --tools python,calculator --timeline t.png "…"
+    conveyor-hf run --engine http://127.0.0.1:8000/v1 "…"   # decode on a vLLM/SGLang/TGI server
     conveyor-hf tools
     conveyor-hf bench --quick --json out.json
 """
@@ -26,6 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = sub.add_parser("run", help="answer a prompt, streaming text and tool outputs live")
     run.add_argument("prompt", nargs="?", default=DEFAULT_PROMPT, help="the user message")
     _model_args(run)
+    _engine_args(run)
     run.add_argument("--mode", choices=("partial", "lazy"), default="partial")
     run.add_argument("--tools", default="python", help="comma-separated tool names (see `conveyor-hf tools`)")
     run.add_argument("--max-new-tokens", type=int, default=300)
@@ -57,6 +59,35 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
 
 
+def _engine_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", default=None, metavar="URL",
+                        help="decode on an OpenAI-compatible server (vLLM, SGLang, TGI, transformers serve), "
+                             "e.g. http://127.0.0.1:8000/v1; --model then names the tokenizer (default: embedded)")
+    parser.add_argument("--engine-model", default=None, metavar="NAME",
+                        help="the model name the server serves (default: the only one GET /v1/models lists)")
+    parser.add_argument("--api-key", default=None, help="API key for --engine (or set OPENAI_API_KEY)")
+
+
+def engine_from_args(args: argparse.Namespace):
+    """``(engine or model, tokenizer)``: a RemoteEngine for ``--engine URL``, else the local model."""
+    if not getattr(args, "engine", None):
+        return load_from_args(args)
+    import os
+
+    from conveyor_hf.engines.remote import RemoteEngine
+    from conveyor_hf.models import load_tokenizer
+
+    api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
+    name = args.engine_model
+    if name is None:
+        served = RemoteEngine.served_models(args.engine, api_key=api_key)
+        if len(served) != 1:
+            raise SystemExit(f"conveyor-hf: {args.engine} serves {served or 'no models'}; "
+                             "name one with --engine-model")
+        name = served[0]
+    return RemoteEngine(args.engine, model=name, api_key=api_key), load_tokenizer(args.model, verbose=False)
+
+
 def load_from_args(args: argparse.Namespace):
     """``(model, tokenizer)`` from ``--model``/``--threads``/``--device``."""
     import torch
@@ -79,14 +110,28 @@ def _run(args: argparse.Namespace) -> int:
     except (KeyError, ValueError) as exc:
         print(f"conveyor-hf: {exc}", file=sys.stderr)
         return 2
-    model, tokenizer = load_from_args(args)
+    from conveyor_hf.engines.remote import RemoteEngineError
+
+    try:
+        model, tokenizer = engine_from_args(args)
+    except RemoteEngineError as exc:
+        print(f"conveyor-hf: {exc}", file=sys.stderr)
+        return 2
     printer = _Printer(sys.stdout, sys.stderr, color=not args.no_color and sys.stdout.isatty())
     messages = ([{"role": "system", "content": args.system}] if args.system else [])
     messages.append({"role": "user", "content": args.prompt})
     sampling = {"do_sample": True, "temperature": 0.7} if args.sample else {"do_sample": False}
     with ConveyorGenerator(model, tokenizer, tools=tools, mode=args.mode, max_tool_rounds=args.max_tool_rounds) as gen:
-        out = gen.generate(messages, max_new_tokens=args.max_new_tokens, stream=printer, **sampling)
+        print(f"[engine: {gen.engine.describe()}]", file=sys.stderr)
+        try:
+            out = gen.generate(messages, max_new_tokens=args.max_new_tokens, stream=printer, **sampling)
+        except RemoteEngineError as exc:
+            printer.done()
+            print(f"conveyor-hf: {exc}", file=sys.stderr)
+            return 2
     printer.done()
+    if out.errors and out.errors[0]:
+        print(f"conveyor-hf: the answer ended early: {out.errors[0]}", file=sys.stderr)
     summary = out.timeline.summary()
     print(
         f"\n[{args.mode}] latency {summary['latency']:.2f}s · decode {summary['decode']:.2f}s · "

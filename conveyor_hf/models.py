@@ -54,6 +54,32 @@ def load_default_model(*, device: str | None = None, dtype=None, verbose: bool =
     return load_model(str(default_gguf_path()), device=device, dtype=dtype, verbose=verbose)
 
 
+def default_model_path(*, verbose: bool = True) -> Path:
+    """The folder of the converted default model (converted on first use): what a local
+    server such as ``transformers serve PATH`` can serve."""
+    return _converted_gguf(default_gguf_path(), verbose=verbose)
+
+
+def load_tokenizer(name_or_path: str | None = None, *, verbose: bool = True):
+    """The tokenizer alone (no weights): of the default model, a local folder, a cached
+    hub id or a ``.gguf`` file. What a client of a remote engine needs."""
+    from transformers import AutoTokenizer
+
+    if name_or_path is None:
+        source = str(default_model_path(verbose=verbose))
+    elif name_or_path.endswith(".gguf"):
+        source = str(_converted_gguf(Path(name_or_path), verbose=verbose))
+    else:
+        source = name_or_path
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except OSError as exc:
+        raise OSError(
+            f"could not load the tokenizer of {name_or_path!r}: {exc}\nGive a local model folder, a .gguf file, "
+            "or a hub id that is already in the local Hugging Face cache (nothing is downloaded)."
+        ) from exc
+
+
 def load_model(name_or_path: str, *, device: str | None = None, dtype=None, verbose: bool = True):
     """``(model, tokenizer)`` for a local folder, a hub id already in the local cache, or
     a ``.gguf`` file (converted once and cached, like the default model)."""

@@ -118,6 +118,21 @@ class RemoteEngine(Engine):
         self._client: httpx.Client | None = None
         self._client_lock = threading.Lock()
 
+    @staticmethod
+    def served_models(base_url: str, *, api_key: str | None = None, timeout: float = 10.0) -> list[str]:
+        """The model names ``GET {base_url}/models`` lists (to pick ``model=``)."""
+        import httpx
+
+        url = f"{base_url.rstrip('/')}/models"
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        try:
+            response = httpx.get(url, headers=headers, timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise RemoteEngineError(f"cannot list models at {url} ({exc}); is the server running?") from exc
+        if response.status_code >= 400:
+            raise RemoteEngineError(f"{url} answered HTTP {response.status_code}: {_server_message(response)}")
+        return [entry["id"] for entry in response.json().get("data", []) if "id" in entry]
+
     @property
     def url(self) -> str:
         return f"{self.base_url}/completions"
