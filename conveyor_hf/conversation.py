@@ -17,6 +17,7 @@ Nothing here knows about ``model.generate``, HTTP or batches: the same object se
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from conveyor_hf.call_handlers import CallHandler
     from conveyor_hf.tools.base import ToolResult
 
-StopReason = Literal["call", "eos", "length", "abort", "error"]
+StopReason = Literal["call", "eos", "length", "abort", "error", "cancelled"]
 
 #: Stop reasons after which the answer goes on once the call's result is appended.
 RESUMING: tuple[StopReason, ...] = ("call", "abort")
@@ -40,13 +41,16 @@ class ConversationRules:
 
     ``open_call(conversation, event)`` returns the handler of a call that just opened;
     ``eos_token_ids`` end an answer (token engines); ``on_text(row, text)`` sees every
-    kept text delta (streaming); ``abort_on_error`` stops a call at its first failed unit.
+    kept text delta (streaming); ``abort_on_error`` stops a call at its first failed unit;
+    once ``cancelled`` is set every conversation stops at its next token (the caller went
+    away: a server's client disconnected).
     """
 
     open_call: Callable[["Conversation", CallEvent], "CallHandler"]
     eos_token_ids: frozenset[int] = frozenset()
     on_text: Callable[[int, str], None] | None = None
     abort_on_error: bool = False
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -96,6 +100,9 @@ class Conversation:
         """One decoded token id (``length``: the sequence length it brings, for the
         engine's bookkeeping); returns the stop reason, None to go on."""
         rules = self._rules()
+        if rules.cancelled.is_set():
+            self.stop, self.stop_length = "cancelled", length
+            return self.stop
         self.generated += 1
         if token in rules.eos_token_ids:
             self.stop, self.stop_length = "eos", length
@@ -119,6 +126,9 @@ class Conversation:
         decoding this conversation there. The engine counts tokens into ``generated``.
         """
         rules = self._rules()
+        if rules.cancelled.is_set():
+            self.stop = "cancelled"
+            return self.stop
         self.feed_text(text, cut_after_call=True)
         if self.stop is None and rules.abort_on_error and self.handler is not None and self.handler.failed:
             self.stop = "abort"

@@ -25,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from typing import Any, Callable, Iterable, Literal, Sequence
 
@@ -214,6 +215,7 @@ class ConveyorGenerator:
         max_tool_rounds: int | None = None,
         stream: Callable[[StreamEvent], None] | None = None,
         replay: Sequence[str] | None = None,
+        cancel: threading.Event | None = None,
         **kwargs: Any,
     ) -> ConveyorOutput:
         """Generate an answer, running tool calls while they are decoded.
@@ -225,7 +227,9 @@ class ConveyorGenerator:
         ``past_key_values``), ...); ``max_new_tokens`` counts over the whole answer.
         ``stream`` receives :class:`StreamEvent` s as they happen. ``replay`` (one text
         per row) forces a recorded answer through the model token by token (see
-        :mod:`conveyor_hf.replay`): real decode cost, fixed text.
+        :mod:`conveyor_hf.replay`): real decode cost, fixed text. Setting the
+        ``cancel`` event (from any thread) stops every row at its next token without
+        waiting for tool work (``stop_reasons`` ``"cancelled"``).
         """
         started = time.perf_counter()
         if inputs is None:
@@ -264,6 +268,7 @@ class ConveyorGenerator:
             cache=cache,
             stream=stream,
             started=started,
+            cancel=cancel,
         )
         if replay is not None:
             loop.replay(replay)

@@ -60,6 +60,7 @@ class ToolLoop:
         cache: Any = None,
         stream: Callable[[StreamEvent], None] | None = None,
         started: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.tools_for_row = tools_for_row
@@ -80,6 +81,7 @@ class ToolLoop:
             eos_token_ids=self.eos_token_ids,
             on_text=None if stream is None else (lambda row, text: stream(StreamEvent("text", row, text))),
             abort_on_error=abort_on_error,
+            cancelled=cancel if cancel is not None else threading.Event(),
         )
         prompts = [input_ids[i][attention_mask[i].bool()].tolist() for i in range(input_ids.shape[0])]
         self.conversations = [
@@ -128,6 +130,17 @@ class ToolLoop:
         processors = list(self.extra.pop("logits_processor", None) or [])
         self.extra["logits_processor"] = LogitsProcessorList([*processors, self.replayer])
 
+    # -- cancellation ------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Stop every conversation at its next token and wait for no tool work (any
+        thread may call it; a server does when its client disconnects). Tool work already
+        running goes on in its kernel or worker until the tool is closed or reset."""
+        self.rules.cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.rules.cancelled.is_set()
+
     # -- rounds ------------------------------------------------------------------------
     def begin_round(self, index: int, row: int | None = None) -> RoundRecord:
         """Record the start of a decoding round (``row`` None: all rows of a batch)."""
@@ -147,6 +160,12 @@ class ToolLoop:
         The engine sets ``conv.stop`` first when it stopped the conversation itself
         (``"length"``, ``"error"``).
         """
+        if self.cancelled:
+            conv.stop = "cancelled"
+            for handler in conv.handlers:  # closed, never waited for
+                if handler.call is not None:
+                    handler.call.close()
+            return None
         conv.close_round(new_ids, eos_token_last=eos_token_last)
         appended = conv.finish_calls(tokenizer=self.tokenizer, on_result=self._record)
         if appended is None:

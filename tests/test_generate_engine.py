@@ -94,3 +94,32 @@ def test_an_engine_without_a_model_needs_the_tokenizer():
 
     with pytest.raises(ValueError, match="needs the model's tokenizer"):
         ConveyorGenerator(NoModel())
+
+
+def test_cancel_stops_every_row_without_waiting_for_tools(tiny_model, tokenizer):
+    import threading
+
+    release, entered, finished = threading.Event(), threading.Event(), threading.Event()
+
+    def respond(line):
+        entered.set()
+        release.wait(30)
+        finished.set()
+        return "late"
+
+    tool = ScriptedTool("echo", fence_languages=("echo",), respond=respond)
+    cancel = threading.Event()
+
+    def on_event(event):
+        if event.kind == "text" and "y" in event.text:  # unit "x" was handed over; "y" is being written
+            cancel.set()
+
+    try:
+        with ConveyorGenerator(tiny_model, tokenizer, tools=[tool]) as gen:
+            out = gen.generate(BATCH, replay=["A\n```echo\nx\ny\n```\nB", "plain answer"], max_new_tokens=60,
+                               stream=on_event, cancel=cancel)
+        assert out.stop_reasons == ["cancelled", "cancelled"]
+        assert "```output" not in out.texts[0] and not out.texts[0].endswith("B")
+        assert not finished.is_set()  # generate returned while the tool was still blocked
+    finally:
+        release.set()
