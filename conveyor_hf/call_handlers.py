@@ -13,14 +13,15 @@ tool's own parser splits); :class:`JsonCallHandler` serves ``<tool_call>{...}</t
 from __future__ import annotations
 
 import abc
+import threading
 from typing import Any, Callable, Sequence
 
 from parsers.calls import CallSyntax
 from parsers.json_object import JsonObjectParser
 from parsers.unit import IncrementalParser, Unit
 
-from conveyor_hf.formats import ARGUMENT_KEYS, JSON_CALL, primary_argument, render_result, tool_turn_suffix
-from conveyor_hf.tools.base import Tool, ToolCall, ToolResult
+from conveyor_hf.formats import ARGUMENT_KEYS, JSON_CALL, primary_argument, render_result, tool_turns_suffix
+from conveyor_hf.tools.base import SideEffect, Tool, ToolCall, ToolResult
 
 
 class CallHandler(abc.ABC):
@@ -32,11 +33,15 @@ class CallHandler(abc.ABC):
     work) and :meth:`render` (the text appended for the model). ``call`` is the tool
     call this handler opened (None if none was, e.g. an unknown tool name), ``unclosed``
     is True when the text ended before the call's closer, ``syntax`` how the call looks.
+    ``at_turn_end``: the model goes on writing after the call's closer, and the result
+    comes back when its turn ends (parallel tool calls in one turn); otherwise decoding
+    stops at the closer and the result follows the call.
     """
 
     syntax: CallSyntax
     call: ToolCall | None = None
     unclosed: bool = False
+    at_turn_end: bool = False
 
     @abc.abstractmethod
     def feed(self, text: str) -> None:
@@ -58,6 +63,12 @@ class CallHandler(abc.ABC):
     @abc.abstractmethod
     def render(self, result: ToolResult, text_so_far: str, *, tokenizer: Any, aborted: bool = False) -> str:
         """The text appended after the call (closing it first if the model did not)."""
+
+    @property
+    def tool_name(self) -> str:
+        """The name of the tool the call went to ("tool" if it reached none)."""
+        tool = getattr(self, "tool", None)
+        return tool.name if tool is not None else "tool"
 
     def needs_closer(self, aborted: bool) -> CallSyntax | None:
         """The syntax whose closer the appended text must write first, if any."""
@@ -122,6 +133,13 @@ class JsonCallHandler(CallHandler):
     statements, lines) gets its primary string argument split by that parser, so a
     ``code`` argument still runs statement by statement. Problems (malformed JSON, an
     unknown tool, a missing name) end the call with an error the model can read.
+
+    With ``at_turn_end`` the call's tool work starts when its closer arrives (partial mode:
+    as each argument completes) while the model writes the rest of its turn, and the result
+    comes back with the turn's other results when the turn ends. ``hold_until_finish``
+    (lazy mode) starts the work only when the turn has ended. ``after(call)`` names the
+    call of the same turn that must finish first: a ``mutating`` call waits for the
+    previous ``stateful``/``mutating`` call, so such calls run in call order.
     """
 
     def __init__(
@@ -129,7 +147,15 @@ class JsonCallHandler(CallHandler):
         open_tool: Callable[[str], tuple[Tool, ToolCall] | None],
         tool_names: Sequence[str],
         syntax: CallSyntax = JSON_CALL,
+        *,
+        at_turn_end: bool = False,
+        hold_until_finish: bool = False,
+        after: Callable[[ToolCall], ToolCall | None] | None = None,
     ) -> None:
+        self.at_turn_end = at_turn_end
+        self.hold_until_finish = hold_until_finish
+        self.after = after
+        self._held = False
         self.open_tool = open_tool
         self.tool_names = list(tool_names)
         self.syntax = syntax
@@ -161,7 +187,26 @@ class JsonCallHandler(CallHandler):
             if self._text_parser is not None:
                 for unit in self._text_parser.close():
                     self.call.feed(unit)
+            self._start()
+
+    def _start(self) -> None:
+        """Let the call's buffered work start: now, after its predecessor, or (held) at finish."""
+        assert self.call is not None and self.tool is not None
+        if self.hold_until_finish:
+            self._held = True
+            return
+        before = self.after(self.call) if self.after is not None else None
+        ordered = self.tool.side_effect is SideEffect.MUTATING and not self.tool.allow_early
+        if before is None or not ordered:
             self.call.close()
+            return
+        call = self.call
+
+        def close_after() -> None:
+            before.finish()  # the earlier call of the turn is done (its result is kept)
+            call.close()
+
+        threading.Thread(target=close_after, name=f"conveyor-{self.tool.name}-order", daemon=True).start()
 
     @property
     def failed(self) -> bool:
@@ -169,6 +214,9 @@ class JsonCallHandler(CallHandler):
 
     def finish(self, *, aborted: bool = False) -> ToolResult:
         if self.call is not None:
+            if self._held:
+                self._held = False
+                self.call.close()
             result = self.call.finish()
         else:  # the call never reached a tool (unknown name, malformed JSON)
             result = ToolResult("", tool=self.tool.name if self.tool else "")
@@ -185,12 +233,7 @@ class JsonCallHandler(CallHandler):
 
     def render(self, result: ToolResult, text_so_far: str, *, tokenizer: Any, aborted: bool = False) -> str:
         """A ``tool`` turn through the chat template when it has one, else an output block."""
-        body = result.output.strip("\n") or (f"Error: {result.error}" if result.error else "(no output)")
-        suffix = tool_turn_suffix(tokenizer, self.tool.name if self.tool is not None else "tool", body)
-        unclosed = self.needs_closer(aborted)
-        if suffix is None:
-            return render_result(result, text_so_far, unclosed=unclosed)
-        return (unclosed.closer if unclosed is not None else "") + suffix
+        return render_tool_turns([(self, result)], text_so_far, tokenizer=tokenizer, aborted=aborted)
 
     def _route(self, unit: Unit) -> None:
         if unit.parent is None and unit.key == "name":
@@ -231,3 +274,23 @@ class JsonCallHandler(CallHandler):
                 self.call.feed(piece)
             return
         self.call.feed(Unit(unit.text, unit.index, key=unit.key, value=unit.value, parent=unit.parent))
+
+
+def render_tool_turns(results: Sequence[tuple[CallHandler, ToolResult]], text_so_far: str, *,
+                      tokenizer: Any, aborted: bool = False) -> str:
+    """The results of JSON calls as ``tool`` turns, in call order, through the chat
+    template (one turn each, grouped as the template groups them); without a usable tool
+    role, one output block per result in the assistant's turn."""
+    bodies = [(h.tool_name, _result_body(r)) for h, r in results]
+    unclosed = results[-1][0].needs_closer(aborted) if results else None
+    suffix = tool_turns_suffix(tokenizer, bodies)
+    if suffix is None:
+        text = ""
+        for handler, result in results:
+            text += render_result(result, text_so_far + text, unclosed=handler.needs_closer(aborted))
+        return text
+    return (unclosed.closer if unclosed is not None else "") + suffix
+
+
+def _result_body(result: ToolResult) -> str:
+    return result.output.strip("\n") or (f"Error: {result.error}" if result.error else "(no output)")

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
 from parsers.calls import CallDetector, CallEvent
 
+from conveyor_hf.call_handlers import CallHandler, render_tool_turns
 from conveyor_hf.detokenizer import IncrementalDetokenizer
 
 if TYPE_CHECKING:
-    from conveyor_hf.call_handlers import CallHandler
-    from conveyor_hf.tools.base import ToolResult
+    from conveyor_hf.tools.base import ToolCall, ToolResult
 
 StopReason = Literal["call", "eos", "length", "abort", "error", "cancelled"]
 
@@ -79,6 +79,7 @@ class Conversation:
     round_index: int = 0
     rules: ConversationRules | None = None
     error: str | None = None
+    ordered_calls: list["ToolCall"] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -95,6 +96,7 @@ class Conversation:
         """Forget the previous round's stop and calls; decoding starts (again)."""
         self.stop, self.stop_length, self.dropped_eos = None, None, False
         self.handler, self.handlers = None, []
+        self.ordered_calls = []
 
     def feed_token(self, token: int, length: int | None = None) -> StopReason | None:
         """One decoded token id (``length``: the sequence length it brings, for the
@@ -163,13 +165,14 @@ class Conversation:
     def close_round(self, new_ids: Sequence[int], *, eos_token_last: bool) -> int:
         """Keep this round's decoded ids; returns how many were kept.
 
-        An EOS written inside an open call closes the call and is ignored (the engine
-        masks it, or leaves it out of the next prompt) so the model can read the result
-        and go on; ``eos_token_last`` says whether ``new_ids`` end with that EOS id
-        (token engines) or the engine only reported it (text engines).
+        An EOS written inside an open call closes the call, and an EOS that ends a turn
+        whose calls' results come at the turn's end ends only that turn: either way it is
+        ignored (the engine masks it, or leaves it out of the next prompt) so the model can
+        read the results and go on; ``eos_token_last`` says whether ``new_ids`` end with
+        that EOS id (token engines) or the engine only reported it (text engines).
         """
         self.end_of_text()
-        self.dropped_eos = self.stop == "eos" and any(h.unclosed for h in self.handlers)
+        self.dropped_eos = self.stop == "eos" and any(h.unclosed or h.at_turn_end for h in self.handlers)
         drop = int(self.dropped_eos and eos_token_last)
         kept = list(new_ids[: len(new_ids) - drop])
         self.tokens.extend(kept)
@@ -178,20 +181,29 @@ class Conversation:
     def finish_calls(
         self, *, tokenizer, on_result: Callable[["CallHandler", "ToolResult"], None] | None = None,
     ) -> str | None:
-        """Wait for this round's calls and render their results, in call order.
+        """Wait for this round's calls and render their results.
 
         Returns the text to append (already added to the answer), None if no call ran.
-        ``on_result`` sees each handler with its result (to record it in the timeline).
+        Results of calls that stopped decoding follow their call; results that come at the
+        turn's end (JSON calls of one turn) follow, together, in call order. ``on_result``
+        sees each handler with its result (to record it in the timeline).
         """
         if not self.handlers:
             return None
         aborted = self.stop == "abort"
-        appended = ""
+        finished = []
         for handler in self.handlers:
             result = handler.finish(aborted=aborted)
             if on_result is not None:
                 on_result(handler, result)
-            appended += handler.render(result, self.text + appended, tokenizer=tokenizer, aborted=aborted)
+            finished.append((handler, result))
+        appended = ""
+        for handler, result in finished:
+            if not handler.at_turn_end:
+                appended += handler.render(result, self.text + appended, tokenizer=tokenizer, aborted=aborted)
+        at_end = [(h, r) for h, r in finished if h.at_turn_end]
+        if at_end:
+            appended += render_tool_turns(at_end, self.text + appended, tokenizer=tokenizer, aborted=aborted)
         self.pieces.append(appended)
         return appended
 
@@ -218,9 +230,9 @@ class Conversation:
         elif event.kind == "body" and self.handler is not None:
             self.handler.feed(event.text)
         elif event.kind == "close" and self.handler is not None:
-            self.handler.close(event.closed)
-            self.handler = None
-            if event.closed:
+            handler, self.handler = self.handler, None
+            handler.close(event.closed)
+            if event.closed and not handler.at_turn_end:
                 self.stop = "call"
 
     def _cut_after_close(self, text: str, events: list[CallEvent]) -> str:

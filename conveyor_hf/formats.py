@@ -100,23 +100,31 @@ def primary_argument(tool: Tool) -> str | None:
 
 def tool_turn_suffix(tokenizer, tool_name: str, content: str) -> str | None:
     """The text that ends the assistant's turn, adds a ``tool`` turn holding ``content``
-    and opens the next assistant turn, as the chat template renders it.
+    and opens the next assistant turn, as the chat template renders it (None when the
+    template has no usable tool role)."""
+    return tool_turns_suffix(tokenizer, [(tool_name, content)])
 
-    Found by rendering a conversation with a sentinel as the assistant's text, with and
-    without the tool turn. None when the template has no usable tool role.
+
+def tool_turns_suffix(tokenizer, turns: Sequence[tuple[str, str]]) -> str | None:
+    """The text that ends the assistant's turn, adds one ``tool`` turn per
+    ``(tool name, content)`` in order, and opens the next assistant turn, as the chat
+    template renders them (templates that group tool results are honoured).
+
+    Found by rendering a conversation with a sentinel as the assistant's text, with the
+    tool turns after it. None when the template has no usable tool role.
     """
     sentinel = "\u2063CONVEYOR_SENTINEL\u2063"
     base = [{"role": "user", "content": "q"}, {"role": "assistant", "content": sentinel}]
-    turn = {"role": "tool", "name": tool_name, "content": content}
+    tool_turns = [{"role": "tool", "name": name, "content": content} for name, content in turns]
     try:
-        full = tokenizer.apply_chat_template(base + [turn], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(base + tool_turns, tokenize=False, add_generation_prompt=True)
     except Exception:  # templates that reject a tool turn
         return None
     at = full.find(sentinel)
     if at < 0:
         return None
     suffix = full[at + len(sentinel):]
-    return suffix if content.strip() in suffix else None
+    return suffix if all(content.strip() in suffix for _, content in turns) else None
 
 
 def unique_syntaxes(tools: Iterable[Tool]) -> list[CallSyntax]:

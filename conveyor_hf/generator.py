@@ -66,7 +66,13 @@ class ConveyorGenerator:
       on_error: ``"continue"`` (default) or ``"abort"``: stop decoding a call as soon as
         one of its units fails, close it and re-prompt with the error.
       json_calls: also recognise ``<tool_call>{"name": …, "arguments": …}</tool_call>``
-        calls, whose results go back as a ``tool`` turn of the chat template.
+        calls, whose results go back as ``tool`` turns of the chat template.
+      parallel_tool_calls: JSON calls of one assistant turn run as each closes while the
+        model writes the rest of the turn, and their results come back together as
+        ``tool`` turns when the turn ends (True, the default: the conversation shape chat
+        templates are trained on). False stops decoding at every ``</tool_call>`` and
+        appends that call's result at once. Native syntaxes (```` ```python ````, tags)
+        always stop at their closer.
     """
 
     def __init__(
@@ -80,6 +86,7 @@ class ConveyorGenerator:
         tool_prompt: bool | str = True,
         on_error: Literal["continue", "abort"] = "continue",
         json_calls: bool = True,
+        parallel_tool_calls: bool = True,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not supported; use mode='partial' or mode='lazy'")
@@ -112,6 +119,7 @@ class ConveyorGenerator:
         self.max_tool_rounds = max_tool_rounds
         self.tool_prompt = tool_prompt
         self.on_error = on_error
+        self.parallel_tool_calls = parallel_tool_calls
         self._row_tools: dict[int, dict[str, Tool]] = {0: {t.name: t for t in self.tools}}
 
     # -- lifecycle -------------------------------------------------------------------
@@ -269,6 +277,7 @@ class ConveyorGenerator:
             stream=stream,
             started=started,
             cancel=cancel,
+            parallel_tool_calls=self.parallel_tool_calls,
         )
         if replay is not None:
             loop.replay(replay)

@@ -26,7 +26,7 @@ from conveyor_hf.outputs import ConveyorOutput, StreamEvent
 from conveyor_hf.replay import ReplayLogitsProcessor
 from conveyor_hf.scheduler import Mode, Scheduler
 from conveyor_hf.timeline import RoundRecord, Timeline
-from conveyor_hf.tools.base import Tool, ToolResult
+from conveyor_hf.tools.base import SideEffect, Tool, ToolCall, ToolResult
 
 
 class ToolLoop:
@@ -61,6 +61,7 @@ class ToolLoop:
         stream: Callable[[StreamEvent], None] | None = None,
         started: float | None = None,
         cancel: threading.Event | None = None,
+        parallel_tool_calls: bool = True,
     ) -> None:
         self.tokenizer = tokenizer
         self.tools_for_row = tools_for_row
@@ -68,6 +69,8 @@ class ToolLoop:
         self.config, self.extra, self.cache = config, extra, cache
         self.eos_token_ids = frozenset(eos_token_ids)
         self.max_rounds = max_rounds
+        self.mode = mode
+        self.parallel_tool_calls = parallel_tool_calls
         self.timeline = Timeline(start=started if started is not None else time.perf_counter(), mode=mode)
         self.notify = stream or (lambda event: None)
         # Without a stream callback nothing is built per text delta or unit (hot path).
@@ -199,10 +202,21 @@ class ToolLoop:
         tools = self.tools_for_row(conv.row)
         if event.tool == "":  # a JSON call names its tool inside
 
-            def open_tool(name: str):
-                return tools[name], self.scheduler.open(conv.row, conv.round_index, tools[name])
+            predecessors: dict[int, ToolCall | None] = {}
 
-            return JsonCallHandler(open_tool, list(tools), event.syntax)
+            def open_tool(name: str):
+                call = self.scheduler.open(conv.row, conv.round_index, tools[name])
+                predecessors[id(call)] = conv.ordered_calls[-1] if conv.ordered_calls else None
+                if tools[name].side_effect in (SideEffect.STATEFUL, SideEffect.MUTATING):
+                    conv.ordered_calls.append(call)
+                return tools[name], call
+
+            return JsonCallHandler(
+                open_tool, list(tools), event.syntax,
+                at_turn_end=self.parallel_tool_calls,
+                hold_until_finish=self.parallel_tool_calls and self.mode == "lazy",
+                after=lambda call: predecessors.get(id(call)),
+            )
         tool = tools[event.tool]
         call = self.scheduler.open(conv.row, conv.round_index, tool)
         return UnitCallHandler(tool, call, tool.make_parser(), event.syntax)

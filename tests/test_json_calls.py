@@ -15,7 +15,8 @@ def lookup():
 
 
 def run(model, tok, script, tools=None, mode="partial"):
-    with ConveyorGenerator(model, tok, tools=tools or [lookup()], mode=mode) as gen:
+    # One call per round: decoding stops at each </tool_call> (the shape these tests check).
+    with ConveyorGenerator(model, tok, tools=tools or [lookup()], mode=mode, parallel_tool_calls=False) as gen:
         return gen.generate(ASK, replay=[script], max_new_tokens=150)
 
 
@@ -92,7 +93,7 @@ def test_real_model_json_search_call_is_reprompted_through_the_tool_role(default
     model, tok = default_model
     script = ('<tool_call>{"name": "search", "arguments": {"query": "Mariana Trench"}}</tool_call>'
               "The Mariana Trench is the deepest oceanic trench.")
-    with ConveyorGenerator(model, tok, tools=[SearchTool(backend="offline")]) as gen:
+    with ConveyorGenerator(model, tok, tools=[SearchTool(backend="offline")], parallel_tool_calls=False) as gen:
         out = gen.generate([{"role": "user", "content": "How deep is the Mariana Trench?"}], replay=[script],
                            max_new_tokens=120)
     [call] = out.tool_calls
