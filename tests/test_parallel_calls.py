@@ -25,7 +25,8 @@ def run(model, tok, tools, *, mode="partial", parallel=True, **kw):
 
 def test_results_come_back_as_tool_turns_when_the_turn_ends(tiny_model, tokenizer):
     out = run(tiny_model, tokenizer, [lookup()])
-    turns = "<|im_end|>\n<|im_start|>tool\nFOUND a<|im_end|>\n<|im_start|>tool\nFOUND b<|im_end|>\n<|im_start|>assistant\n"
+    turns = ("<|im_end|>\n<|im_start|>tool\nFOUND a<|im_end|>\n<|im_start|>tool\nFOUND b<|im_end|>\n"
+             "<|im_start|>assistant\n")
     assert out.text == CALL.format("a") + "\n" + CALL.format("b") + turns + "Both found."
     assert [c.round for c in out.tool_calls] == [0, 0]  # one turn, one round
     assert out.timeline.summary()["rounds"] == 2 and out.stop_reasons == ["eos"]
