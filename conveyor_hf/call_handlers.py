@@ -21,7 +21,7 @@ from parsers.json_object import JsonObjectParser
 from parsers.unit import IncrementalParser, Unit
 
 from conveyor_hf.formats import ARGUMENT_KEYS, JSON_CALL, primary_argument, render_result, tool_turns_suffix
-from conveyor_hf.tools.base import SideEffect, Tool, ToolCall, ToolResult
+from conveyor_hf.tools.base import Tool, ToolCall, ToolResult
 
 
 class CallHandler(abc.ABC):
@@ -134,12 +134,13 @@ class JsonCallHandler(CallHandler):
     ``code`` argument still runs statement by statement. Problems (malformed JSON, an
     unknown tool, a missing name) end the call with an error the model can read.
 
-    With ``at_turn_end`` the call's tool work starts when its closer arrives (partial mode:
-    as each argument completes) while the model writes the rest of its turn, and the result
-    comes back with the turn's other results when the turn ends. ``hold_until_finish``
-    (lazy mode) starts the work only when the turn has ended. ``after(call)`` names the
-    call of the same turn that must finish first: a ``mutating`` call waits for the
-    previous ``stateful``/``mutating`` call, so such calls run in call order.
+    With ``at_turn_end`` the call's tool work starts as in a single call (partial mode:
+    as each argument completes) while the model writes the rest of its turn, and the
+    result comes back with the turn's other results when the turn ends.
+    ``hold_until_finish`` (lazy mode) starts the work only when the turn has ended.
+    :meth:`wait_for` orders calls: a ``stateful``/``mutating`` call hands nothing to its
+    tool until the previous such call of the turn has finished, so they run in call order
+    (``cd`` before ``ls``).
     """
 
     def __init__(
@@ -150,12 +151,15 @@ class JsonCallHandler(CallHandler):
         *,
         at_turn_end: bool = False,
         hold_until_finish: bool = False,
-        after: Callable[[ToolCall], ToolCall | None] | None = None,
     ) -> None:
         self.at_turn_end = at_turn_end
         self.hold_until_finish = hold_until_finish
-        self.after = after
+        self.released = threading.Event()  # set once this handler closed its call itself
         self._held = False
+        self._order_lock = threading.Lock()
+        self._backlog: list[Unit] | None = None  # units held while an earlier call runs
+        self._close_pending = False
+        self._earlier: JsonCallHandler | None = None
         self.open_tool = open_tool
         self.tool_names = list(tool_names)
         self.syntax = syntax
@@ -186,27 +190,49 @@ class JsonCallHandler(CallHandler):
             self.early.clear()
             if self._text_parser is not None:
                 for unit in self._text_parser.close():
-                    self.call.feed(unit)
+                    self._feed_call(unit)
             self._start()
+        else:
+            self.released.set()
+
+    def wait_for(self, earlier: "JsonCallHandler | None") -> None:
+        """Hand nothing to the tool until ``earlier`` (a call of the same turn) finished.
+        Called by ``open_tool`` while this call opens."""
+        if earlier is not None:
+            self._earlier = earlier
+            self._backlog = []
+
+    def _after(self, earlier: "JsonCallHandler") -> None:
+        earlier.released.wait()
+        if earlier.call is not None:
+            earlier.call.finish()  # already closed by its handler; its result is kept
+        with self._order_lock:
+            backlog, self._backlog = self._backlog or [], None
+            for unit in backlog:
+                self.call.feed(unit)
+            if self._close_pending:
+                self.call.close()
+                self.released.set()
+
+    def _feed_call(self, unit: Unit) -> None:
+        with self._order_lock:
+            if self._backlog is not None:
+                self._backlog.append(unit)
+            else:
+                self.call.feed(unit)
 
     def _start(self) -> None:
-        """Let the call's buffered work start: now, after its predecessor, or (held) at finish."""
-        assert self.call is not None and self.tool is not None
+        """Let the call's work start: now, once an earlier call finished, or (held) at finish."""
+        assert self.call is not None
         if self.hold_until_finish:
             self._held = True
             return
-        before = self.after(self.call) if self.after is not None else None
-        ordered = self.tool.side_effect is SideEffect.MUTATING and not self.tool.allow_early
-        if before is None or not ordered:
-            self.call.close()
-            return
-        call = self.call
-
-        def close_after() -> None:
-            before.finish()  # the earlier call of the turn is done (its result is kept)
-            call.close()
-
-        threading.Thread(target=close_after, name=f"conveyor-{self.tool.name}-order", daemon=True).start()
+        with self._order_lock:
+            if self._backlog is not None:
+                self._close_pending = True
+                return
+        self.call.close()
+        self.released.set()
 
     @property
     def failed(self) -> bool:
@@ -217,6 +243,7 @@ class JsonCallHandler(CallHandler):
             if self._held:
                 self._held = False
                 self.call.close()
+                self.released.set()
             result = self.call.finish()
         else:  # the call never reached a tool (unknown name, malformed JSON)
             result = ToolResult("", tool=self.tool.name if self.tool else "")
@@ -259,6 +286,9 @@ class JsonCallHandler(CallHandler):
             self.error = f"tool {name!r} could not be opened"
             return
         self.tool, self.call = opened
+        if self._earlier is not None:
+            threading.Thread(target=self._after, args=(self._earlier,), name=f"conveyor-{name}-order",
+                             daemon=True).start()
         probe = self.tool.make_parser()
         if not isinstance(probe, JsonObjectParser):
             self._text_parser = probe
@@ -271,9 +301,9 @@ class JsonCallHandler(CallHandler):
         if self._text_parser is not None and unit.key == primary_argument(self.tool) and isinstance(unit.value, str):
             text = unit.value if unit.value.endswith("\n") else unit.value + "\n"
             for piece in self._text_parser.feed(text):
-                self.call.feed(piece)
+                self._feed_call(piece)
             return
-        self.call.feed(Unit(unit.text, unit.index, key=unit.key, value=unit.value, parent=unit.parent))
+        self._feed_call(Unit(unit.text, unit.index, key=unit.key, value=unit.value, parent=unit.parent))
 
 
 def render_tool_turns(results: Sequence[tuple[CallHandler, ToolResult]], text_so_far: str, *,

@@ -27,7 +27,7 @@ from conveyor_hf.call_handlers import CallHandler, render_tool_turns
 from conveyor_hf.detokenizer import IncrementalDetokenizer
 
 if TYPE_CHECKING:
-    from conveyor_hf.tools.base import ToolCall, ToolResult
+    from conveyor_hf.tools.base import ToolResult
 
 StopReason = Literal["call", "eos", "length", "abort", "error", "cancelled"]
 
@@ -79,7 +79,7 @@ class Conversation:
     round_index: int = 0
     rules: ConversationRules | None = None
     error: str | None = None
-    ordered_calls: list["ToolCall"] = field(default_factory=list)
+    ordered_calls: list["CallHandler"] = field(default_factory=list)
 
     @property
     def text(self) -> str:

@@ -26,7 +26,10 @@ from conveyor_hf.outputs import ConveyorOutput, StreamEvent
 from conveyor_hf.replay import ReplayLogitsProcessor
 from conveyor_hf.scheduler import Mode, Scheduler
 from conveyor_hf.timeline import RoundRecord, Timeline
-from conveyor_hf.tools.base import SideEffect, Tool, ToolCall, ToolResult
+from conveyor_hf.tools.base import SideEffect, Tool, ToolResult
+
+#: Side-effect classes whose calls of one turn run in call order.
+ORDERED = (SideEffect.STATEFUL, SideEffect.MUTATING)
 
 
 class ToolLoop:
@@ -202,21 +205,19 @@ class ToolLoop:
         tools = self.tools_for_row(conv.row)
         if event.tool == "":  # a JSON call names its tool inside
 
-            predecessors: dict[int, ToolCall | None] = {}
+            lazy_turn = self.parallel_tool_calls and self.mode == "lazy"  # runs them in order at the end
 
             def open_tool(name: str):
-                call = self.scheduler.open(conv.row, conv.round_index, tools[name])
-                predecessors[id(call)] = conv.ordered_calls[-1] if conv.ordered_calls else None
-                if tools[name].side_effect in (SideEffect.STATEFUL, SideEffect.MUTATING):
-                    conv.ordered_calls.append(call)
-                return tools[name], call
+                tool = tools[name]
+                call = self.scheduler.open(conv.row, conv.round_index, tool)
+                if self.parallel_tool_calls and not lazy_turn and tool.side_effect in ORDERED:
+                    handler.wait_for(conv.ordered_calls[-1] if conv.ordered_calls else None)
+                    conv.ordered_calls.append(handler)
+                return tool, call
 
-            return JsonCallHandler(
-                open_tool, list(tools), event.syntax,
-                at_turn_end=self.parallel_tool_calls,
-                hold_until_finish=self.parallel_tool_calls and self.mode == "lazy",
-                after=lambda call: predecessors.get(id(call)),
-            )
+            handler = JsonCallHandler(open_tool, list(tools), event.syntax,
+                                      at_turn_end=self.parallel_tool_calls, hold_until_finish=lazy_turn)
+            return handler
         tool = tools[event.tool]
         call = self.scheduler.open(conv.row, conv.round_index, tool)
         return UnitCallHandler(tool, call, tool.make_parser(), event.syntax)

@@ -81,3 +81,22 @@ def test_mutating_calls_run_in_call_order(tiny_model, tokenizer):
     first, second = out.tool_calls
     assert second.units[0].start >= first.units[0].end
     assert "DONE a" in out.text and "DONE b" in out.text
+
+
+def test_stateful_calls_hand_over_nothing_until_the_earlier_call_finished(tiny_model, tokenizer):
+    import time
+
+    log = []
+
+    def respond(q):
+        log.append(f"start {q}")
+        if q == "a":
+            time.sleep(0.2)  # an unordered second call would start meanwhile
+        log.append(f"end {q}")
+        return f"DONE {q}"
+
+    tool = lookup(respond=respond)
+    tool.side_effect = SideEffect.STATEFUL  # runs early, so only the order rule keeps b after a
+    out = run(tiny_model, tokenizer, [tool])
+    assert log == ["start a", "end a", "start b", "end b"]
+    assert [c.units[0].output for c in out.tool_calls] == ["DONE a", "DONE b"]
