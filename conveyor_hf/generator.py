@@ -38,6 +38,7 @@ from conveyor_hf.formats import JSON_CALL, tool_instructions, unique_syntaxes
 from conveyor_hf.loop import ToolLoop
 from conveyor_hf.outputs import ConveyorOutput, StreamEvent
 from conveyor_hf.scheduler import MODES, Mode
+from conveyor_hf.streaming import ConveyorStream, StreamerBridge
 from conveyor_hf.tools.base import Tool
 
 __all__ = ["ConveyorGenerator", "ConveyorOutput", "StreamEvent", "DEFAULT_MAX_NEW_TOKENS"]
@@ -233,9 +234,11 @@ class ConveyorGenerator:
         engine in every round (for ``model.generate``: ``generation_config``,
         ``do_sample``, ``logits_processor``, ``stopping_criteria``, ``cache`` (or
         ``past_key_values``), ...); ``max_new_tokens`` counts over the whole answer.
-        ``stream`` receives :class:`StreamEvent` s as they happen. ``replay`` (one text
-        per row) forces a recorded answer through the model token by token (see
-        :mod:`conveyor_hf.replay`): real decode cost, fixed text. Setting the
+        ``stream`` receives :class:`StreamEvent` s as they happen; ``streamer`` (any
+        transformers ``BaseStreamer``, one row) is shown the whole answer, tool results
+        included, and ended once. ``replay`` (one text per row) forces a recorded answer
+        through the model token by token (see :mod:`conveyor_hf.replay`): real decode
+        cost, fixed text. Setting the
         ``cancel`` event (from any thread) stops every row at its next token without
         waiting for tool work (``stop_reasons`` ``"cancelled"``).
         """
@@ -250,12 +253,18 @@ class ConveyorGenerator:
                 "use the generate engine (ConveyorGenerator(model, ...)) to replay a recorded answer"
             )
         cache = _pop_cache(kwargs)
+        streamer = kwargs.pop("streamer", None)
         ids, mask, texts = self._encode(inputs, kwargs.pop("attention_mask", None))
         config, extra = self._generation_config(kwargs)
         n = config.num_return_sequences or 1
         ids, mask = _expand(ids, mask, n)
         texts = [t for t in texts for _ in range(n)] if texts is not None else None
         config.num_return_sequences = 1
+        bridge = None
+        if streamer is not None:
+            shown = ids[0][mask[0].bool()] if ids.shape[0] == 1 else ids  # the prompt, unpadded
+            bridge = StreamerBridge(streamer, self.tokenizer, shown, then=stream)
+            stream = bridge
         eos = _eos_ids(config, self.tokenizer)
         if config.pad_token_id is None:
             config.pad_token_id = min(eos) if eos else 0
@@ -281,8 +290,22 @@ class ConveyorGenerator:
         )
         if replay is not None:
             loop.replay(replay)
-        self.engine.run(loop)
+        if bridge is None:
+            self.engine.run(loop)
+            return loop.output()
+        bridge.start()
+        try:
+            self.engine.run(loop)
+        finally:
+            bridge.end()
         return loop.output()
+
+    def stream(self, inputs: Any = None, **kwargs: Any) -> ConveyorStream:
+        """``generate`` on a background thread, as an iterator of :class:`StreamEvent` s
+        (text deltas, finished tool units, appended results); the final
+        :class:`ConveyorOutput` is ``.output`` once the iterator is exhausted. Breaking
+        out of the loop early cancels the generation (use it as a context manager)."""
+        return ConveyorStream(self.generate, inputs, kwargs)
 
     # -- configuration ---------------------------------------------------------------
     def _generation_config(self, kwargs: dict[str, Any]) -> tuple[GenerationConfig, dict[str, Any]]:
