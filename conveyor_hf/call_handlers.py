@@ -203,16 +203,18 @@ class JsonCallHandler(CallHandler):
             self._backlog = []
 
     def _after(self, earlier: "JsonCallHandler") -> None:
-        earlier.released.wait()
-        if earlier.call is not None:
-            earlier.call.finish()  # already closed by its handler; its result is kept
-        with self._order_lock:
-            backlog, self._backlog = self._backlog or [], None
-            for unit in backlog:
-                self.call.feed(unit)
-            if self._close_pending:
-                self.call.close()
-                self.released.set()
+        try:
+            earlier.released.wait()
+            if earlier.call is not None:
+                earlier.call.finish()  # already closed by its handler; its result is kept
+        finally:  # never leave this call waiting, whatever the earlier one did
+            with self._order_lock:
+                backlog, self._backlog = self._backlog or [], None
+                for unit in backlog:
+                    self.call.feed(unit)
+                if self._close_pending:
+                    self.call.close()
+                    self.released.set()
 
     def _feed_call(self, unit: Unit) -> None:
         with self._order_lock:
@@ -244,6 +246,7 @@ class JsonCallHandler(CallHandler):
                 self._held = False
                 self.call.close()
                 self.released.set()
+            self.released.wait()  # an ordered call: its order thread hands over its units first
             result = self.call.finish()
         else:  # the call never reached a tool (unknown name, malformed JSON)
             result = ToolResult("", tool=self.tool.name if self.tool else "")
@@ -311,7 +314,7 @@ def render_tool_turns(results: Sequence[tuple[CallHandler, ToolResult]], text_so
     """The results of JSON calls as ``tool`` turns, in call order, through the chat
     template (one turn each, grouped as the template groups them); without a usable tool
     role, one output block per result in the assistant's turn."""
-    bodies = [(h.tool_name, _result_body(r)) for h, r in results]
+    bodies = [(h.tool_name, result_body(r)) for h, r in results]
     unclosed = results[-1][0].needs_closer(aborted) if results else None
     suffix = tool_turns_suffix(tokenizer, bodies)
     if suffix is None:
@@ -322,5 +325,6 @@ def render_tool_turns(results: Sequence[tuple[CallHandler, ToolResult]], text_so
     return (unclosed.closer if unclosed is not None else "") + suffix
 
 
-def _result_body(result: ToolResult) -> str:
+def result_body(result: ToolResult) -> str:
+    """What a tool turn holds for ``result``: its output, else its error, never nothing."""
     return result.output.strip("\n") or (f"Error: {result.error}" if result.error else "(no output)")

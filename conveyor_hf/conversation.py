@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 from parsers.calls import CallDetector, CallEvent
 
-from conveyor_hf.call_handlers import CallHandler, render_tool_turns
+from conveyor_hf.call_handlers import CallHandler, render_tool_turns, result_body
 from conveyor_hf.detokenizer import IncrementalDetokenizer
 
 if TYPE_CHECKING:
@@ -80,11 +80,19 @@ class Conversation:
     rules: ConversationRules | None = None
     error: str | None = None
     ordered_calls: list["CallHandler"] = field(default_factory=list)
+    turns: list[dict[str, Any]] = field(default_factory=list)
+    turn_start: int = 0  # where the current assistant turn begins in ``text``
 
     @property
     def text(self) -> str:
         """The answer so far, tool results included."""
         return "".join(self.pieces)
+
+    def messages(self) -> list[dict[str, Any]]:
+        """The answer as chat messages: assistant turns (their text, native tool output
+        blocks included) and the ``tool`` turns that came back at each turn's end."""
+        tail = self.text[self.turn_start:]
+        return [*self.turns, {"role": "assistant", "content": tail}] if tail or not self.turns else list(self.turns)
 
     @property
     def resumes(self) -> bool:
@@ -203,8 +211,13 @@ class Conversation:
                 appended += handler.render(result, self.text + appended, tokenizer=tokenizer, aborted=aborted)
         at_end = [(h, r) for h, r in finished if h.at_turn_end]
         if at_end:
-            appended += render_tool_turns(at_end, self.text + appended, tokenizer=tokenizer, aborted=aborted)
+            turn_text = self.text + appended
+            appended += render_tool_turns(at_end, turn_text, tokenizer=tokenizer, aborted=aborted)
+            self.turns.append({"role": "assistant", "content": turn_text[self.turn_start:]})
+            self.turns += [{"role": "tool", "name": h.tool_name, "content": result_body(r)} for h, r in at_end]
         self.pieces.append(appended)
+        if at_end:
+            self.turn_start = len(self.text)
         return appended
 
     def append(self, text: str, ids: Sequence[int]) -> None:

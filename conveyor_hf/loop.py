@@ -197,6 +197,7 @@ class ToolLoop:
             timeline=self.timeline,
             stop_reasons=[c.stop or "length" for c in self.conversations],
             errors=[c.error for c in self.conversations],
+            messages=[c.messages() for c in self.conversations],
         )
 
     # -- internals ---------------------------------------------------------------------

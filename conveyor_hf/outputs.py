@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -40,6 +40,9 @@ class ConveyorOutput:
     ``stop_reasons`` say how each row ended (``"eos"``, ``"length"``, ``"call"`` when
     the tool-round limit stopped it, ``"abort"``, ``"error"``); ``errors`` hold the
     message of a row that ended with ``"error"`` (a dropped connection, say).
+    ``messages`` has each row's answer as chat messages: assistant turns and the
+    ``tool`` turns that came back at a turn's end (native output blocks stay inside the
+    assistant turn, as code-interpreter transcripts show them).
     """
 
     texts: list[str]
@@ -48,6 +51,7 @@ class ConveyorOutput:
     timeline: Timeline
     stop_reasons: list[str] = field(default_factory=list)
     errors: list[str | None] = field(default_factory=list)
+    messages: list[list[dict[str, Any]]] = field(default_factory=list)
 
     @property
     def text(self) -> str:

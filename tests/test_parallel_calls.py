@@ -100,3 +100,14 @@ def test_stateful_calls_hand_over_nothing_until_the_earlier_call_finished(tiny_m
     out = run(tiny_model, tokenizer, [tool])
     assert log == ["start a", "end a", "start b", "end b"]
     assert [c.units[0].output for c in out.tool_calls] == ["DONE a", "DONE b"]
+
+
+def test_the_answer_as_chat_messages(tiny_model, tokenizer):
+    out = run(tiny_model, tokenizer, [lookup()])
+    [messages] = out.messages
+    assert messages == [
+        {"role": "assistant", "content": CALL.format("a") + "\n" + CALL.format("b")},
+        {"role": "tool", "name": "lookup", "content": "FOUND a"},
+        {"role": "tool", "name": "lookup", "content": "FOUND b"},
+        {"role": "assistant", "content": "Both found."},
+    ]
