@@ -123,3 +123,16 @@ def test_cancel_stops_every_row_without_waiting_for_tools(tiny_model, tokenizer)
         assert not finished.is_set()  # generate returned while the tool was still blocked
     finally:
         release.set()
+
+
+def test_a_model_loaded_with_device_map_keeps_ids_and_cache_on_its_device(tiny_model, tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    tiny_model.save_pretrained(tmp_path)
+    mapped = AutoModelForCausalLM.from_pretrained(tmp_path, device_map="auto").eval()
+    with ConveyorGenerator(tiny_model, tokenizer, tools=[echo()]) as gen:
+        reference = gen.generate(BATCH, replay=SCRIPTS, max_new_tokens=60)
+    with ConveyorGenerator(mapped, tokenizer, tools=[echo()]) as gen:
+        out = gen.generate(BATCH, replay=SCRIPTS, max_new_tokens=60)
+    assert out.texts == reference.texts
+    assert out.sequences.device == mapped.device
