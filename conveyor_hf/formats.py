@@ -31,7 +31,7 @@ from conveyor_hf.tools.base import Tool, ToolResult
 OUTPUT_FENCE = "output"
 
 #: JSON tool calls, as Hermes/Qwen-style chat templates write them.
-JSON_CALL = tag_syntax("", "<tool_call>", "</tool_call>")
+JSON_CALL = tag_syntax("", "<tool_call>", "</tool_call>", json_body=True)
 
 #: Members of a JSON call that hold the arguments (streamed one by one).
 ARGUMENT_KEYS = ("arguments", "parameters")

@@ -35,7 +35,9 @@ class CallSyntax:
     """How one kind of call looks. Build with :func:`fence_syntax` or :func:`tag_syntax`.
 
     ``tool`` is the tool the call goes to ("" when the body names it, as JSON calls do).
-    For fences ``languages`` are the info-string words that open it.
+    For fences ``languages`` are the info-string words that open it. ``json_body``: the
+    body is JSON, so a closer inside a JSON string (``"</tool_call>"`` as an argument
+    value) does not end the call.
     """
 
     tool: str
@@ -43,6 +45,7 @@ class CallSyntax:
     opener: str = _FENCE
     closer: str = _FENCE
     languages: tuple[str, ...] = ()
+    json_body: bool = False
 
 
 def fence_syntax(tool: str, *languages: str) -> CallSyntax:
@@ -52,11 +55,11 @@ def fence_syntax(tool: str, *languages: str) -> CallSyntax:
     return CallSyntax(tool=tool, kind="fence", languages=tuple(lang.lower() for lang in languages))
 
 
-def tag_syntax(tool: str, opener: str, closer: str) -> CallSyntax:
-    """A tag call: ``tag_syntax("", "<tool_call>", "</tool_call>")``."""
+def tag_syntax(tool: str, opener: str, closer: str, *, json_body: bool = False) -> CallSyntax:
+    """A tag call: ``tag_syntax("", "<tool_call>", "</tool_call>", json_body=True)``."""
     if not opener or not closer:
         raise ValueError(f"tag_syntax({tool!r}) needs a non-empty opener and closer")
-    return CallSyntax(tool=tool, kind="tag", opener=opener, closer=closer)
+    return CallSyntax(tool=tool, kind="tag", opener=opener, closer=closer, json_body=json_body)
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class CallDetector:
         self._syntax: CallSyntax | None = None
         self._line_start = True
         self._events: list[CallEvent] = []
+        self._in_string = self._escaped = False  # JSON string state of a json_body call
 
     @property
     def in_call(self) -> bool:
@@ -227,15 +231,55 @@ class CallDetector:
         return False
 
     def _step_tag_body(self, syntax: CallSyntax) -> bool:
-        pos = self._buf.find(syntax.closer)
+        if syntax.json_body:
+            pos, ends_in_string = _json_closer(self._buf, syntax.closer, self._in_string, self._escaped)
+        else:
+            pos, ends_in_string = self._buf.find(syntax.closer), False
         if pos >= 0:
             self._emit("body", self._consume(pos))
             self._emit("close", self._consume(len(syntax.closer)))
             self._state, self._syntax = "outside", None
+            self._in_string = self._escaped = False
             return True
-        held = _partial_suffix(self._buf, syntax.closer)
-        self._emit("body", self._consume(held if held is not None else len(self._buf)))
+        held = None if ends_in_string else _partial_suffix(self._buf, syntax.closer)
+        body = self._consume(held if held is not None else len(self._buf))
+        if syntax.json_body:
+            self._in_string, self._escaped = _json_string_state(body, self._in_string, self._escaped)
+        self._emit("body", body)
         return False
+
+
+def _json_closer(buf: str, closer: str, in_string: bool, escaped: bool) -> tuple[int, bool]:
+    """``(position of the first closer outside a JSON string or -1, whether buf ends
+    inside a string)``, starting from the given string state."""
+    for i, char in enumerate(buf):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char == closer[0] and buf.startswith(closer, i):
+            return i, False
+    return -1, in_string
+
+
+def _json_string_state(text: str, in_string: bool, escaped: bool) -> tuple[bool, bool]:
+    """The JSON string state (inside a string, after a backslash) at the end of ``text``."""
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+    return in_string, escaped
 
 
 def _find_fence(buf: str, line_start: bool) -> tuple[tuple[int, int] | None, int | None]:
