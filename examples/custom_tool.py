@@ -1,13 +1,16 @@
-"""A complete custom tool: unit conversion, one per line, each run as soon as its line ends.
+"""Two ways to write a tool: unit conversion, as a Tool class (one query per line, each run as
+soon as its line ends) and as a plain function (JSON arguments, each checked as it is written).
 Run: python examples/custom_tool.py (importing this file does not load the model)."""
 import re
+from typing import Literal
 
-from conveyor_hf.tools import SideEffect, Tool, UnitOutput
+from conveyor_hf.tools import SideEffect, Tool, UnitOutput, tool
 from parsers.lines import LineParser
 
 UNITS = {"m": ("length", 1.0), "km": ("length", 1e3), "mi": ("length", 1609.344), "ft": ("length", 0.3048),
          "g": ("mass", 1e-3), "kg": ("mass", 1.0), "lb": ("mass", 0.45359237)}
 QUERY = re.compile(r"\s*([-+]?\d+(?:\.\d+)?)\s*([a-z]+)\s+(?:to|in)\s+([a-z]+)\s*")
+UnitName = Literal["m", "km", "mi", "ft", "g", "kg", "lb"]
 
 
 class UnitConverter(Tool):
@@ -31,9 +34,28 @@ class UnitConverter(Tool):
         return UnitOutput(f"{match[1]} {match[2]} = {float(match[1]) * a / b:.6g} {match[3]}")
 
 
+# The function version: its JSON schema comes from the type hints and the docstring; the model
+# calls it as <tool_call>{"name": "units.convert", "arguments": {"value": 42.195, "unit": "km", "to": "mi"}}
+# </tool_call>; a unit outside the Literal is rejected the moment its closing quote is written.
+@tool(name="units.convert", side_effect="pure")  # pure: may start as soon as its arguments are in
+def convert_units(value: float, unit: UnitName, to: UnitName) -> str:
+    """Convert a quantity from one unit to another (m, km, mi, ft, g, kg, lb).
+
+    Args:
+        value: the quantity, e.g. 42.195
+        unit: its unit, e.g. km
+        to: the unit wanted, e.g. mi
+    """
+    (kind, a), (other, b) = UNITS[unit], UNITS[to]
+    if kind != other:
+        raise ValueError(f"cannot convert {kind} ({unit}) to {other} ({to}); pick units of the same kind")
+    return f"{value} {unit} = {value * a / b:.6g} {to}"
+
+
 if __name__ == "__main__":
     from conveyor_hf import ConveyorGenerator, load_default_model
 
-    with ConveyorGenerator(*load_default_model(), tools=[UnitConverter()]) as gen:
+    print(convert_units.run('{"value": 42.195, "unit": "km", "to": "mi"}').output)  # the tool, called directly
+    with ConveyorGenerator(*load_default_model(), tools=[UnitConverter(), convert_units]) as gen:
         out = gen.generate([{"role": "user", "content": "Use the convert tool: 42.195 km in miles?"}])
     print(out.text, "\n", out.timeline.summary())

@@ -1,7 +1,8 @@
 """Tools the model can call, and the base class for writing your own.
 
 The tools (``PythonTool``, ``SearchTool``, ``CalculatorTool``, ``SQLTool``,
-``PlanTool``, ``LocationLookupTool``, ``ScriptedTool``) are imported lazily, so that
+``PlanTool``, ``LocationLookupTool``, ``ScriptedTool``) and the function-tool helpers
+(``tool``, ``FunctionTool``: any typed, documented function as a tool) are imported lazily, so that
 ``import conveyor_hf.tools`` stays cheap and a missing optional dependency only matters
 for the tool that needs it. Third-party tools register through the entry-point group
 ``conveyor_hf.tools`` (see :mod:`conveyor_hf.tools.registry`).
@@ -30,10 +31,13 @@ _LAZY = {
     "ValidatedTool": "conveyor_hf.tools.validation",
     "LocationLookupTool": "conveyor_hf.tools.validation",
     "ScriptedTool": "conveyor_hf.tools.scripted",
+    "FunctionTool": "conveyor_hf.tools.function",
+    "tool": "conveyor_hf.tools.function",
 }
 
 __all__ = [
     "CalculatorTool",
+    "FunctionTool",
     "LocationLookupTool",
     "PlanTool",
     "PythonTool",
@@ -47,6 +51,7 @@ __all__ = [
     "ToolResult",
     "UnitOutput",
     "UnitRecord",
+    "tool",
 ]
 
 

@@ -204,6 +204,25 @@ class Tool:
             },
         }
 
+    @classmethod
+    def from_function(
+        cls,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        side_effect: SideEffect | str = "mutating",
+        **options: Any,
+    ) -> "Tool":
+        """A tool from a typed, documented Python function (a
+        :class:`~conveyor_hf.tools.function.FunctionTool`; ``options`` go to it).
+
+        ``side_effect`` decides when it may start; the default ``"mutating"`` waits for its
+        call to close. See :mod:`conveyor_hf.tools.function`.
+        """
+        from conveyor_hf.tools.function import FunctionTool  # lazy: function.py imports this module
+
+        return FunctionTool(fn, name=name, side_effect=side_effect, **options)
+
     def __enter__(self) -> "Tool":
         return self
 
@@ -214,11 +233,42 @@ class Tool:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
+class _StateLock:
+    """The lock that guards a call's records; every release wakes ``finish()``.
+
+    Every change to a record (a unit starts, ends or is abandoned) happens under this lock,
+    here and in subclasses (``PlanCall``), so ``finish()`` can sleep until something changed
+    or a unit's deadline passed, instead of waking up to poll. Used as ``with call._lock:``.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition(threading.Lock())
+
+    def __enter__(self) -> "_StateLock":
+        self._condition.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._condition.notify_all()
+        finally:
+            self._condition.release()
+
+    def wait(self, timeout: float | None) -> None:
+        """Release the lock until the next release by another thread or ``timeout`` seconds
+        (None: no limit); held again on return. Call with the lock held."""
+        self._condition.wait(timeout)
+
+
 class ToolCall:
     """One call of a tool: units in (non-blocking), one :class:`ToolResult` out.
 
     Units run on up to ``tool.max_concurrency`` daemon worker threads, in feeding order
     when that is 1. ``tool.warm_up()`` runs first, on a worker, as soon as the call opens.
+    Nothing here polls: idle workers block on the queue, and ``finish()`` blocks on the
+    call's state lock (woken by every unit that starts or ends) with a timeout set to the
+    earliest moment a unit must be abandoned, so tool bookkeeping costs the decoding thread
+    no wake-ups.
     """
 
     def __init__(
@@ -237,7 +287,7 @@ class ToolCall:
         self._queue: queue.Queue[UnitRecord | None] = queue.Queue()
         self._pending: list[UnitRecord] = []
         self._failed = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = _StateLock()
         self._warm_done = threading.Event()
         self._warm_error: str | None = None
         self._result: ToolResult | None = None
@@ -299,6 +349,8 @@ class ToolCall:
             self._warm_error = f"{self.tool.name} could not start: {type(exc).__name__}: {exc}"
         finally:
             self._warm_done.set()
+            with self._lock:  # wake finish(): the warm-up deadline no longer applies
+                pass
 
     def _work(self) -> None:
         while True:
@@ -330,8 +382,8 @@ class ToolCall:
             if record.end is not None:  # finish() gave up on it meanwhile
                 return
             record.output, record.error, record.end = output, error, time.perf_counter()
-        if error is not None and not record.skipped:
-            self._failed.set()
+            if error is not None and not record.skipped:
+                self._failed.set()  # before finish() can see the end: failed is final by then
         if self._on_unit_done is not None:
             try:
                 self._on_unit_done(record)
@@ -339,23 +391,25 @@ class ToolCall:
                 pass
 
     def _wait_all(self, limit: float) -> None:
-        poll = 0.005
-        while True:
-            now = time.perf_counter()
-            with self._lock:
+        """Block until every unit has ended, abandoning them all once one has run (or the
+        warm-up has taken) more than ``limit`` seconds. Sleeps on the state lock: woken
+        by each unit that starts or ends, or when the earliest such deadline is due."""
+        with self._lock:
+            while True:
                 waiting = [r for r in self.records if r.end is None]
                 if not waiting:
                     return
-                for record in waiting:
-                    began = record.start if record.start is not None else None
-                    if began is not None and now - began > limit:
-                        self._abandon(now, limit)
-                        return
-                if not self._warm_done.is_set() and now - self.opened > limit:
+                deadlines = [r.start + limit for r in waiting if r.start is not None]
+                if not self._warm_done.is_set():
+                    deadlines.append(self.opened + limit)
+                due = min(deadlines) if deadlines else None
+                now = time.perf_counter()
+                if due is not None and now >= due:
                     self._abandon(now, limit)
                     return
-            time.sleep(poll)
-            poll = min(poll * 1.5, 0.05)
+                # No deadline: every waiting unit is queued behind a unit that ends (or
+                # starts, for plan tasks waiting on dependencies) under this lock, waking us.
+                self._lock.wait(None if due is None else due - now)
 
     def _abandon(self, now: float, limit: float) -> None:
         """Give up on every unfinished unit (lock held). The first is the stuck one."""
