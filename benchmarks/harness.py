@@ -1,13 +1,14 @@
 """``conveyor-hf bench``: lazy vs partial tool execution on real workloads, in one process.
 
 Each workload answers its cases in every variant (lazy and partial at least), the
-variants alternating, for several repeats; figures are medians. Decoding uses one torch
+variants alternating, at least three repeats; figures are medians, each printed with
+its min–max over the repeats. Decoding uses one torch
 thread by default (``--threads``), so on a 2-core machine decoding and tool work each
 have a core. Prints a table, writes ``--json``, and draws a timeline picture and a
 Chrome trace per workload plus a summary chart into ``--out``::
 
-    conveyor-hf bench --quick                       # ~5 minutes
-    conveyor-hf bench --json bench.json             # the full run (~20 minutes on 2 cores)
+    conveyor-hf bench --quick                       # ~8 min on an idle 2-core machine (13.6 min loaded)
+    conveyor-hf bench --json bench.json             # the full run (~26 minutes on 2 cores, estimated)
     conveyor-hf bench --workloads codegen,search --repeats 5
     python -m benchmarks.harness --list
 
@@ -30,13 +31,16 @@ if __package__ in (None, ""):  # run as a script from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import report  # noqa: E402
-from benchmarks.workloads import ABWorkload, BenchContext, Workload, WorkloadResult, available, create  # noqa: E402
+from benchmarks.workloads import (  # noqa: E402
+    ABWorkload, BenchContext, Workload, WorkloadResult, available, create, registry,
+)
 from benchmarks.workloads.data import DataUnavailable  # noqa: E402
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="conveyor-hf bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer cases and repeats (~5 minutes)")
+    parser.add_argument("--quick", action="store_true",
+                        help="one case per workload, 3 repeats, the workloads with something to overlap (~8 minutes)")
     parser.add_argument("--workloads", default=None,
                         help="comma-separated workloads to run (default: all; see --list)")
     parser.add_argument("--list", action="store_true", help="list the workloads and exit")
@@ -52,17 +56,31 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads for decoding (default 1: tools get the other cores)")
     parser.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
+    parser.add_argument("--engine", default=None, metavar="URL",
+                        help="decode on an OpenAI-compatible server (vLLM, SGLang, TGI, transformers serve) at URL, "
+                             "e.g. http://127.0.0.1:8000/v1; answers are decoded live (greedy), --model then names "
+                             "the tokenizer; default workloads: " + ", ".join(ENGINE_WORKLOADS))
+    parser.add_argument("--engine-model", default=None, metavar="NAME",
+                        help="the model name the server serves (default: the only one it lists)")
     argv = list(argv)
     if argv[:1] == ["--"]:  # `conveyor-hf bench -- --quick`
         argv = argv[1:]
     return parser.parse_args(argv)
 
 
-def selected(spec: str | None) -> list[str]:
-    """Workload names from ``--workloads`` (in run order); KeyError names a bad one."""
+#: What ``--engine URL`` runs unless ``--workloads`` says otherwise.
+ENGINE_WORKLOADS = ("codegen_live", "planning")
+
+
+def selected(spec: str | None, quick: bool = False) -> list[str]:
+    """Workload names from ``--workloads`` (in run order); KeyError names a bad one.
+
+    Without ``--workloads``, a ``--quick`` run leaves out the workloads that set
+    ``in_quick = False``; naming one runs it anyway.
+    """
     names = available()
     if not spec:
-        return names
+        return [n for n in names if registry()[n].in_quick] if quick else names
     wanted = [w.strip() for w in spec.split(",") if w.strip()]
     unknown = [w for w in wanted if w not in names]
     if unknown:
@@ -71,7 +89,12 @@ def selected(spec: str | None) -> list[str]:
 
 
 def load_model(args: argparse.Namespace):
-    """``(model, tokenizer)`` like ``conveyor-hf run``; sets the decode thread count first."""
+    """``(model, tokenizer)`` like ``conveyor-hf run``; sets the decode thread count first.
+
+    This and :meth:`BenchContext.generator` are the two places that decide who decodes:
+    another engine (e.g. a remote OpenAI-compatible server) is returned here in place of
+    the model and the context is built with ``local_model=False``.
+    """
     import torch
 
     from conveyor_hf.models import load_default_model, load_model as load_named
@@ -81,6 +104,11 @@ def load_model(args: argparse.Namespace):
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set, or parallel work already ran
         pass
+    if args.engine:
+        from conveyor_hf.cli import engine_from_args
+
+        args.api_key = None
+        return engine_from_args(args)
     if args.model:
         return load_named(args.model, device=args.device)
     return load_default_model(device=args.device)
@@ -165,6 +193,11 @@ def run_workloads(workloads: list[Workload], ctx: BenchContext) -> dict[str, Any
     results: dict[str, Any] = {}
     for workload in workloads:
         ctx.log(f"bench: {workload.name} — {workload.title}")
+        if workload.needs_local_model and not ctx.local_model:
+            results[workload.name] = {"skipped": f"{workload.local_model_reason}; not measurable on this engine"}
+            continue
+        if not ctx.can_replay and workload.decoding == "replay":
+            workload.decoding = "live (the engine cannot replay)"  # replayed cases are decoded greedily instead
         try:
             results[workload.name] = workload.measure(ctx)
         except DataUnavailable as exc:
@@ -187,14 +220,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:18s} {workload.title}")
         return 0
     try:
-        names = selected(args.workloads)
+        names = selected(args.workloads or (",".join(ENGINE_WORKLOADS) if args.engine else None), quick=args.quick)
     except KeyError as exc:
         print(f"conveyor-hf bench: {exc.args[0]}", file=sys.stderr)
         return 2
     started = time.perf_counter()
     model, tokenizer = load_model(args)
     machine = machine_info(model, args, argv)
-    ctx = BenchContext(model, tokenizer, quick=args.quick, repeats=args.repeats, max_cases=args.cases)
+    ctx = BenchContext(model, tokenizer, quick=args.quick, repeats=args.repeats, max_cases=args.cases,
+                       local_model=not args.engine)
+    if args.engine:
+        machine["engine"] = model.describe()
+        machine["decode"] = f"remote engine {model.describe()}; answers decoded live (greedy)"
     _warm_model(ctx)
     workloads = [create(name) for name in names]
     planned = 0
@@ -227,11 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _warm_model(ctx: BenchContext) -> None:
     """One short untimed generate, so no workload pays the first forward's set-up."""
-    from conveyor_hf import ConveyorGenerator
-
-    ConveyorGenerator(ctx.model, ctx.tokenizer).generate(
-        [{"role": "user", "content": "Hello"}], max_new_tokens=32, do_sample=False
-    )
+    ctx.generator().generate([{"role": "user", "content": "Hello"}], max_new_tokens=32, do_sample=False)
 
 
 __all__ = ["main", "parse_args", "run_workloads", "selected", "ABWorkload", "WorkloadResult"]

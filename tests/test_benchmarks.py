@@ -153,6 +153,136 @@ def test_figures_are_medians_per_case_summed_over_cases():
     assert fig["cases"][0]["reduction"] == pytest.approx(5 / 12, abs=1e-4)
 
 
+def _three_repeats() -> list[RunRecord]:
+    """Case a and b, lazy and partial, three repeats each (latency, ideal)."""
+    figures = {  # (case, variant): per repeat (latency, ideal)
+        ("a", "lazy"): [(10.0, 6.0), (12.0, 6.0), (11.0, 7.0)],
+        ("a", "partial"): [(7.0, 6.5), (9.0, 6.5), (8.0, 6.5)],
+        ("b", "lazy"): [(8.0, 4.0), (8.0, 4.0), (6.0, 4.0)],
+        ("b", "partial"): [(5.0, 4.0), (6.0, 4.0), (5.0, 4.0)],
+    }
+    return [_record(case, variant, repeat, latency, ideal)
+            for (case, variant), values in figures.items() for repeat, (latency, ideal) in enumerate(values)]
+
+
+def test_spread_is_the_range_over_repeats_of_each_figure_of_one_repeat():
+    w = _Fixed()
+    fig = report.figures(WorkloadResult(w, w.all_cases(None), _three_repeats(), repeats=3))
+    # one repeat answers a and b once per variant: lazy totals 18, 20, 17; partial 12, 15, 13
+    assert fig["lazy"]["latency"] == pytest.approx(11.0 + 8.0)  # the medians are unchanged
+    spread = fig["spread"]
+    assert spread["lazy"]["latency"] == [17.0, 20.0]
+    assert spread["partial"]["latency"] == [12.0, 15.0]
+    assert spread["lazy"]["decode"] == [pytest.approx(17.0 * 0.6), pytest.approx(20.0 * 0.6)]
+    # the comparisons pair each repeat's lazy and partial runs
+    reductions = [1 - 12 / 18, 1 - 15 / 20, 1 - 13 / 17]
+    assert spread["reduction"] == [pytest.approx(min(reductions), abs=1e-4), pytest.approx(max(reductions), abs=1e-4)]
+    ideals = [1 - 10 / 18, 1 - 10 / 20, 1 - 11 / 17]
+    efficiencies = [r / i for r, i in zip(reductions, ideals)]
+    assert spread["efficiency"] == [pytest.approx(min(efficiencies), abs=1e-3),
+                                    pytest.approx(max(efficiencies), abs=1e-3)]
+    speedups = [18 / 12, 20 / 15, 17 / 13]
+    assert spread["speedup"] == [pytest.approx(min(speedups), abs=1e-4), pytest.approx(max(speedups), abs=1e-4)]
+    assert spread["decode_change"] == [pytest.approx(min(12 / 18, 15 / 20, 13 / 17) - 1, abs=1e-4),
+                                       pytest.approx(max(12 / 18, 15 / 20, 13 / 17) - 1, abs=1e-4)]
+    assert fig["decode_change"] == pytest.approx(13 / 19 - 1, abs=1e-4)  # medians: partial 8 + 5, lazy 11 + 8
+    assert [t["latency"] for t in fig["per_repeat"]["lazy"]] == [18.0, 20.0, 17.0]
+    # and per case, over that case's runs
+    case_a = fig["cases"][0]["spread"]
+    assert case_a["lazy"]["latency"] == [10.0, 12.0] and case_a["partial"]["latency"] == [7.0, 9.0]
+    assert case_a["reduction"] == [pytest.approx(1 - 9 / 12, abs=1e-4), pytest.approx(1 - 7 / 10, abs=1e-4)]
+
+
+def test_table_prints_the_range_under_every_median_and_the_json_is_versioned(tmp_path):
+    w = _Fixed()
+    result = WorkloadResult(w, w.all_cases(None), _three_repeats(), repeats=3)
+    doc = report.document({"cpu": "x", "model": "tiny"}, {"fixed": result})
+    assert doc["format_version"] == report.FORMAT_VERSION == 2
+    lines = report.table(doc).splitlines()
+    rows = [i for i, line in enumerate(lines) if line.startswith("fixed ")]
+    assert len(rows) == 2  # the latency table and the time table
+    latency, ranges = lines[rows[0]].split(), lines[rows[0] + 1].split()
+    assert latency[:5] == ["fixed", "replay", "2×3", "19.00", "13.00"]
+    assert ranges[:3] == ["(min–max)", "17.0–20.0", "12.0–15.0"]
+    assert "%" in ranges[3] and "–" in ranges[3]  # the reduction's range
+    time_ranges = lines[rows[1] + 1].split()
+    assert time_ranges[0] == "(min–max)" and len(time_ranges) == 1 + len(report._TIME_COLUMNS)
+    # a document written before spreads existed still prints, without range rows
+    old = json.loads(json.dumps(doc))
+    for entry in old["workloads"].values():
+        entry.pop("spread"), entry.pop("decode_change")
+    assert "(min–max)" not in "\n".join(line for line in report.table(old).splitlines() if "fixed" in line)
+    assert "(min–max)" not in report.table(old).split("targets")[0].split("where the time went")[1]
+
+
+def test_targets_say_whether_every_repeat_meets_them():
+    def codegen(reduction, efficiency, spread_r, spread_e, decode_change=0.0, decode_spread=(0.0, 0.0)):
+        return {"decoding": "replay", "lazy": {"latency": 10.0, "decode": 6.0, "tool": 4.0, "new_tokens": 9},
+                "partial": {"latency": 6.0, "decode": 6.0 * (1 + decode_change), "tool": 4.0, "exposed_tool": 0.1,
+                            "new_tokens": 9},
+                "reduction": reduction, "efficiency": efficiency, "ideal_reduction": 0.45,
+                "decode_change": decode_change,
+                "spread": {"reduction": list(spread_r), "efficiency": list(spread_e),
+                           "decode_change": list(decode_spread)}}
+
+    doc = report.document({}, {"codegen": codegen(0.44, 0.97, (0.41, 0.46), (0.93, 0.99))})
+    check = next(t for t in doc["targets"] if t["workload"] == "codegen")
+    assert check["met"] and check["in_every_repeat"] is False and check["spread"] == [(0.41, 0.93), (0.46, 0.99)]
+    doc = report.document({}, {"codegen": codegen(0.44, 0.97, (0.42, 0.46), (0.96, 0.99))})
+    assert next(t for t in doc["targets"] if t["workload"] == "codegen")["in_every_repeat"] is True
+    decode = next(t for t in doc["targets"] if t["workload"] == "decode")
+    assert decode["met"] and decode["by_workload"] == {"codegen": 0.0}
+    doc = report.document({}, {"codegen": codegen(0.44, 0.97, (0.42, 0.46), (0.96, 0.99), 0.05, (0.03, 0.08))})
+    decode = next(t for t in doc["targets"] if t["workload"] == "decode")
+    assert not decode["met"] and "codegen: decoding +5.0%" in decode["why"][0] and "+3.0%–+8.0%" in decode["why"][0]
+    assert "MISSED decode" in report.table(doc)
+
+
+# -- quick runs ------------------------------------------------------------------------------
+def test_every_workload_runs_each_case_at_least_three_times_quick_or_full():
+    for quick in (True, False):
+        ctx = BenchContext(None, None, quick=quick)
+        for name in available():
+            assert harness.create(name).repeat_count(ctx) >= 3, name
+    assert harness.create("codegen").repeat_count(BenchContext(None, None, quick=True, repeats=1)) == 1  # asked for
+
+
+def test_quick_leaves_out_the_workloads_with_nothing_to_overlap_unless_named():
+    quick = harness.selected(None, quick=True)
+    for name in ("codegen", "codegen_live", "codegen_abort", "search", "planning", "calculator", "overhead",
+                 "kv_reuse"):
+        assert name in quick
+    for name in ("codegen_humaneval", "validation", "database"):
+        assert name not in quick and name in harness.selected(None)
+    assert harness.selected("validation", quick=True) == ["validation"]
+
+
+def test_quick_abort_run_leaves_out_the_continue_control_and_its_row(tokenizer):
+    workload = AbortWorkload()
+    quick, full = BenchContext(None, tokenizer, quick=True), BenchContext(None, tokenizer)
+    assert [v.key for v in workload.variants_for(quick)] == ["lazy", "partial"]
+    assert [v.key for v in workload.variants_for(full)] == ["lazy", "partial", "partial_continue"]
+    assert workload.planned_runs(quick) == 1 * 2 * 3
+    runs = [_record("missing_file", key, r, 5.0 if key == "lazy" else 2.0, 5.0) for key in ("lazy", "partial")
+            for r in range(3)]
+    fig = report.figures(WorkloadResult(workload, workload.all_cases(quick), runs, repeats=3))
+    assert "partial_continue" not in fig and fig["reduction"] == pytest.approx(0.6)
+    assert "partial_continue" not in report.table(report.document({}, {"codegen_abort": fig}))
+
+
+# -- the engine seam -------------------------------------------------------------------------
+def test_context_builds_every_generator_and_remote_engines_skip_local_model_workloads(tiny_model, tokenizer):
+    from conveyor_hf import ConveyorGenerator
+
+    ctx = BenchContext(tiny_model, tokenizer)
+    tool = ScriptedTool("lookup")
+    gen = ctx.generator([tool], mode="lazy")
+    assert isinstance(gen, ConveyorGenerator) and gen.model is tiny_model and gen.mode == "lazy"
+    remote = BenchContext(tiny_model, tokenizer, quick=True, repeats=1, local_model=False, log=lambda m: None)
+    results = harness.run_workloads([OverheadWorkload(), KVReuseWorkload()], remote)
+    assert all("skipped" in r for r in results.values())
+
+
 def test_efficiency_is_none_when_nothing_could_overlap_and_text_mismatch_is_flagged():
     w = _Fixed()
     runs = [_record("a", "lazy", 0, 10.0, 9.95, "one"), _record("a", "partial", 0, 10.0, 9.95, "two")]
@@ -236,7 +366,7 @@ def test_a_failing_workload_is_reported_and_the_others_still_run(tiny_model, tok
 
 @pytest.mark.slow  # three kernels, restarted before every run (~10 s)
 def test_abort_workload_compares_abort_and_continue_against_lazy(tiny_model, tokenizer):
-    ctx = BenchContext(tiny_model, tokenizer, quick=True, repeats=1)
+    ctx = BenchContext(tiny_model, tokenizer, quick=False, repeats=1)  # a full run keeps the control variant
     workload = AbortWorkload()
     try:
         result = workload.measure(ctx)
@@ -255,6 +385,9 @@ def test_overhead_compares_with_plain_generate_on_identical_tokens(tiny_model, t
     out = OverheadWorkload().measure(ctx)
     assert out["identical_tokens"] and not out["problems"]
     assert out["ratio"] > 0 and out["new_tokens"] > 0 and out["decoding"] == "live"
+    low, high = out["spread"]["ratio"]
+    assert low == high == pytest.approx(out["ratio"], abs=1e-4)  # one repeat: the range is that repeat
+    assert out["spread"]["plain_latency"][0] == pytest.approx(out["plain"]["latency"], abs=1e-4)
 
 
 def test_kv_reuse_reports_a_ratio_per_context_length(tiny_model, tokenizer):
@@ -267,5 +400,6 @@ def test_kv_reuse_reports_a_ratio_per_context_length(tiny_model, tokenizer):
     out = Small().measure(ctx)
     assert set(out["by_length"]) == {"32", "64"} and out["ratio_at_context_tokens"] == 64
     assert all(row["ratio"] > 0 for row in out["by_length"].values())
+    assert all(row["ratio_spread"][0] <= row["ratio_spread"][1] for row in out["by_length"].values())
     first, second = out["generator_prefill_tokens"]
     assert second < first  # the second round prefilled only the appended result

@@ -10,16 +10,28 @@ and return their JSON figures directly.
 
 Register a workload by adding its class to :func:`registry` (name → class); the
 harness runs them in that order.
+
+Every answer is decoded by a generator from :meth:`BenchContext.generator`, the one place
+that builds ``ConveyorGenerator(model, tokenizer, ...)``: pointing the suite at another
+decoding engine means handing the context that engine instead of a model (workloads that
+time ``model.generate`` or forward passes themselves set ``needs_local_model``).
+
+Every case runs at least :data:`MIN_REPEATS` times per variant (variants alternating), so
+each median has a min-max spread beside it; ``--quick`` takes fewer cases, leaves out the
+workloads that set ``in_quick = False`` (nothing to overlap: the same conclusion as the
+calculator's) unless they are named with ``--workloads``, and keeps only the
+``quick_variants`` of a workload that lists them.
 """
 
 from __future__ import annotations
 
 import functools
 import gc
+import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 __all__ = [
     "ABWorkload",
@@ -32,6 +44,7 @@ __all__ = [
     "available",
     "create",
     "registry",
+    "value_range",
 ]
 
 
@@ -90,6 +103,11 @@ class WorkloadResult:
         return [r for r in self.runs if r.case == case and r.variant == variant]
 
 
+#: Repeats of every case and variant, full or ``--quick`` run, unless ``--repeats`` says
+#: otherwise: three give a median and a spread around it.
+MIN_REPEATS = 3
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -100,6 +118,9 @@ class BenchContext:
 
     ``repeats`` and ``max_cases`` override the workload's own numbers when set;
     ``progress(label)`` is called after every timed run (the progress bar).
+    ``model`` is what decodes: a transformers model, or anything ``ConveyorGenerator``
+    accepts in its place (then set ``local_model=False``: workloads that need a local
+    model are skipped with a reason).
     """
 
     model: Any
@@ -109,6 +130,26 @@ class BenchContext:
     max_cases: int | None = None
     progress: Callable[[str], None] = lambda label: None
     log: Callable[[str], None] = _stderr
+    local_model: bool = True
+
+    @property
+    def can_replay(self) -> bool:
+        """Whether recorded answers can be forced through this engine (it needs the
+        logits); otherwise replayed cases are decoded live (greedy) instead."""
+        from conveyor_hf.engines.base import Engine
+
+        return not isinstance(self.model, Engine) or self.model.supports_replay
+
+    def replay_of(self, case: "Case") -> list[str] | None:
+        """``replay=`` for ``case`` on this engine."""
+        return [case.replay] if case.replay is not None and self.can_replay else None
+
+    def generator(self, tools: Sequence[Any] = (), **options: Any) -> Any:
+        """The generator every timed answer goes through: ``ConveyorGenerator(model,
+        tokenizer, tools=..., **options)`` (``mode``, ``on_error``, …)."""
+        from conveyor_hf import ConveyorGenerator
+
+        return ConveyorGenerator(self.model, self.tokenizer, tools=list(tools), **options)
 
 
 class Workload:
@@ -119,13 +160,19 @@ class Workload:
     #: Said next to the figures (e.g. "small tool: expect little gain").
     note: ClassVar[str] = ""
     decoding: ClassVar[str] = "replay"
-    #: Repeats in a full run and in a ``--quick`` run.
-    repeats: ClassVar[tuple[int, int]] = (3, 2)
+    #: Repeats in a full run and in a ``--quick`` run (at least ``MIN_REPEATS`` either way).
+    repeats: ClassVar[tuple[int, int]] = (3, 3)
+    #: Whether ``--quick`` runs it when no ``--workloads`` are named.
+    in_quick: ClassVar[bool] = True
+    #: It times ``model.generate`` or forward passes itself (not only through the context's generator).
+    needs_local_model: ClassVar[bool] = False
+    #: Why, said when a remote engine skips it.
+    local_model_reason: ClassVar[str] = "it times the local model itself (model.generate or forward passes)"
 
     def repeat_count(self, ctx: BenchContext) -> int:
         if ctx.repeats is not None:
             return max(1, ctx.repeats)
-        return self.repeats[1] if ctx.quick else self.repeats[0]
+        return max(MIN_REPEATS, self.repeats[1] if ctx.quick else self.repeats[0])
 
     def planned_runs(self, ctx: BenchContext) -> int:
         """Timed runs ``measure`` will make (for the progress bar)."""
@@ -152,6 +199,8 @@ class ABWorkload(Workload):
     contender: ClassVar[str] = "partial"
     extra_baselines: ClassVar[dict[str, str]] = {}
     extra_contenders: ClassVar[dict[str, str]] = {}
+    #: Variant keys a ``--quick`` run keeps (empty: all); baseline and contender always stay.
+    quick_variants: ClassVar[tuple[str, ...]] = ()
     #: Cases in a full run and in a ``--quick`` run.
     case_count: ClassVar[tuple[int, int]] = (3, 1)
 
@@ -179,12 +228,9 @@ class ABWorkload(Workload):
     def warm_up_model(self, ctx: BenchContext, tools: list[Any], case: Case) -> None:
         """Untimed: the first tokens of ``case`` with this workload's tools, so that no
         timed run pays for a first prefill of this system prompt (allocations, caches)."""
-        from conveyor_hf import ConveyorGenerator
-
         self.prepare(tools, self.variants[0], case)
-        ConveyorGenerator(ctx.model, ctx.tokenizer, tools=tools, mode=self.variants[0].mode).generate(
-            case.messages, replay=[case.replay] if case.replay is not None else None,
-            max_new_tokens=12, do_sample=False,
+        ctx.generator(tools, mode=self.variants[0].mode).generate(
+            case.messages, replay=ctx.replay_of(case), max_new_tokens=12, do_sample=False,
         )
 
     def details(self) -> dict[str, Any]:
@@ -198,8 +244,15 @@ class ABWorkload(Workload):
             count = min(count, max(1, ctx.max_cases))
         return self.all_cases(ctx)[:count]
 
+    def variants_for(self, ctx: BenchContext) -> tuple[Variant, ...]:
+        """The variants this run compares (``quick_variants`` in a ``--quick`` run)."""
+        if not ctx.quick or not self.quick_variants:
+            return self.variants
+        keep = {*self.quick_variants, self.baseline, self.contender}
+        return tuple(v for v in self.variants if v.key in keep)
+
     def planned_runs(self, ctx: BenchContext) -> int:
-        return len(self.cases(ctx)) * len(self.variants) * self.repeat_count(ctx)
+        return len(self.cases(ctx)) * len(self.variants_for(ctx)) * self.repeat_count(ctx)
 
     def tools_for(self, variant: Variant) -> list[Any]:
         if variant.key not in self._tools:
@@ -208,15 +261,13 @@ class ABWorkload(Workload):
 
     def run_once(self, ctx: BenchContext, case: Case, variant: Variant, repeat: int) -> RunRecord:
         """One timed answer (set-up untimed)."""
-        from conveyor_hf import ConveyorGenerator
-
         tools = self.tools_for(variant)
         self.prepare(tools, variant, case)
         gc.collect()
-        gen = ConveyorGenerator(ctx.model, ctx.tokenizer, tools=tools, mode=variant.mode, on_error=variant.on_error)
+        gen = ctx.generator(tools, mode=variant.mode, on_error=variant.on_error)
         out = gen.generate(
             case.messages,
-            replay=[case.replay] if case.replay is not None else None,
+            replay=ctx.replay_of(case),
             max_new_tokens=case.max_new_tokens,
             do_sample=False,
         )
@@ -227,15 +278,16 @@ class ABWorkload(Workload):
         started = time.perf_counter()
         cases = self.cases(ctx)
         repeats = self.repeat_count(ctx)
+        variants = self.variants_for(ctx)
         if cases:
-            self.warm_up(self.tools_for(self.variants[-1]), cases[0])
+            self.warm_up(self.tools_for(variants[-1]), cases[0])
             self.warm_up_model(ctx, self.tools_for(self.variants[0]), cases[0])
         runs: list[RunRecord] = []
-        n = len(self.variants)
+        n = len(variants)
         for repeat in range(repeats):
             for index, case in enumerate(cases):
                 shift = (repeat + index) % n  # alternate which variant goes first
-                for variant in self.variants[shift:] + self.variants[:shift]:
+                for variant in variants[shift:] + variants[:shift]:
                     runs.append(self.run_once(ctx, case, variant, repeat))
                     ctx.progress(f"{self.name}:{case.name}:{variant.key}")
         return WorkloadResult(self, cases, runs, repeats, time.perf_counter() - started)
@@ -250,6 +302,13 @@ class ABWorkload(Workload):
         self._tools.clear()
 
 
+def value_range(values: Iterable[Any]) -> list[float] | None:
+    """``[min, max]`` of the finite numbers among ``values``, rounded (None when there are none):
+    the spread printed beside every median."""
+    numbers = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return [round(min(numbers), 4), round(max(numbers), 4)] if numbers else None
+
+
 def user(text: str) -> list[dict[str, Any]]:
     """A one-message conversation."""
     return [{"role": "user", "content": text}]
@@ -262,11 +321,12 @@ def registry() -> dict[str, type[Workload]]:
     from benchmarks.workloads.codegen import AbortWorkload, CodegenWorkload, HumanEvalWorkload, LiveCodegenWorkload
     from benchmarks.workloads.model_costs import KVReuseWorkload, OverheadWorkload
     from benchmarks.workloads.retrieval import PlanningWorkload, SearchWorkload
+    from benchmarks.workloads.bfcl_calls import BfclWorkload
     from benchmarks.workloads.small_tools import CalculatorWorkload, DatabaseWorkload, ValidationWorkload
 
     classes: Sequence[type[Workload]] = (
         CodegenWorkload, HumanEvalWorkload, LiveCodegenWorkload, AbortWorkload,
-        SearchWorkload, PlanningWorkload,
+        SearchWorkload, PlanningWorkload, BfclWorkload,
         ValidationWorkload, DatabaseWorkload, CalculatorWorkload,
         OverheadWorkload, KVReuseWorkload,
     )

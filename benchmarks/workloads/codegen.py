@@ -150,7 +150,7 @@ class CodegenWorkload(_PythonWorkload):
     note = ("Programs written for this benchmark (data work, sympy, matplotlib, time.sleep for network "
             "I/O) with tool time spread along the code; their tool time is about half the decode time "
             "on this machine, which bounds the possible reduction (ideal_reduction).")
-    repeats = (2, 1)
+    repeats = (3, 3)
     case_count = (3, 1)
 
     def all_cases(self, ctx) -> list[Case]:
@@ -166,8 +166,9 @@ class HumanEvalWorkload(_PythonWorkload):
     title = "HumanEval programs (canonical solution + check)"
     note = ("Real programs with almost no tool time (the tests run in milliseconds): nothing to overlap, "
             "so this measures that partial execution costs nothing; reduction ~0 is the expected result.")
-    repeats = (1, 1)
+    repeats = (3, 3)
     case_count = (2, 1)
+    in_quick = False  # nothing to overlap: --quick keeps calculator for "costs nothing"
     #: Problems are taken in task-id order among those whose answer is at most this many tokens
     #: (so the suite fits the time budget); the selection is by length only.
     max_tokens = 200
@@ -198,7 +199,7 @@ class LiveCodegenWorkload(_PythonWorkload):
     note = ("Live greedy decoding: the default model writes a python block starting with a slow "
             "matplotlib import; the rest of its code is quick (and may fail), so little can overlap.")
     decoding = "live"
-    repeats = (2, 1)
+    repeats = (3, 3)
     case_count = (1, 1)
     PROMPT = "Use Python to plot y = x**2 with matplotlib and save it to plot.png."
 
@@ -218,7 +219,8 @@ class AbortWorkload(_PythonWorkload):
         Variant("partial_continue", "partial", on_error="continue", label="partial, on_error='continue'"),
     )
     extra_contenders = {"partial_continue": "partial_continue"}
-    repeats = (2, 1)
+    quick_variants = ("lazy", "partial")  # --quick leaves out the on_error='continue' control
+    repeats = (3, 3)
     case_count = (1, 1)
 
     def all_cases(self, ctx) -> list[Case]:

@@ -20,7 +20,7 @@ import statistics
 import time
 from typing import Any, ClassVar
 
-from benchmarks.workloads import BenchContext, Workload, user
+from benchmarks.workloads import BenchContext, Workload, user, value_range
 from benchmarks.workloads import data
 
 
@@ -30,6 +30,7 @@ class OverheadWorkload(Workload):
     note = "Live greedy answers that call no tool; same ids and settings for both; ratio of median latencies."
     decoding = "live"
     repeats = (5, 3)
+    needs_local_model = True  # times plain model.generate against the generator
     PROMPTS: ClassVar[tuple[str, ...]] = (
         "Write a short poem about the sea.",
         "Explain in three sentences why the sky is blue.",
@@ -44,14 +45,13 @@ class OverheadWorkload(Workload):
         return 2 * len(self.prompts(ctx)) * self.repeat_count(ctx)
 
     def measure(self, ctx: BenchContext) -> dict[str, Any]:
-        from conveyor_hf import ConveyorGenerator
         from conveyor_hf.tools import PythonTool
 
         started = time.perf_counter()
         tool = PythonTool()
         tool.warm_up()
         model, tok = ctx.model, ctx.tokenizer
-        gen = ConveyorGenerator(model, tok, tools=[tool], mode="partial")
+        gen = ctx.generator([tool], mode="partial")
         limit = self.max_new_tokens[1] if ctx.quick else self.max_new_tokens[0]
         settings = dict(max_new_tokens=limit, do_sample=False, pad_token_id=tok.eos_token_id)
         repeats = self.repeat_count(ctx)
@@ -100,10 +100,24 @@ class OverheadWorkload(Workload):
         conveyor_total = sum(p["conveyor_s"] for p in per_prompt.values())
         new_tokens = sum(p["new_tokens"] for p in per_prompt.values())
         paired = [c / p for sides in times.values() for p, c in zip(sides["plain"], sides["conveyor"])]
+        # Per repeat: both sides summed over the prompts (one repeat answers each prompt once per side).
+        plain_r = [sum(sides["plain"][r] for sides in times.values()) for r in range(repeats)]
+        conveyor_r = [sum(sides["conveyor"][r] for sides in times.values()) for r in range(repeats)]
+        step_ms = 1000 * plain_total / max(1, new_tokens)
         return {
             "ratio": conveyor_total / plain_total if plain_total else None,
             "paired_ratio_median": statistics.median(paired) if paired else None,
             "hook_ms_per_step": hook_ms,
+            "hook_share_of_step": hook_ms / step_ms if hook_ms is not None and step_ms > 0 else None,
+            "spread": {
+                "ratio": value_range(c / p for p, c in zip(plain_r, conveyor_r)),
+                "paired_ratio": value_range(paired),
+                "plain_latency": value_range(plain_r),
+                "conveyor_latency": value_range(conveyor_r),
+                "overhead_ms_per_token": value_range(1000 * (c - p) / max(1, new_tokens)
+                                                     for p, c in zip(plain_r, conveyor_r)),
+                "over": f"{repeats} repeats, each answering all {len(times)} prompt(s) once per side",
+            },
             "plain": {"latency": plain_total},
             "conveyor": {"latency": conveyor_total},
             "overhead_ms_per_token": 1000 * (conveyor_total - plain_total) / max(1, new_tokens),
@@ -156,8 +170,11 @@ class KVReuseWorkload(Workload):
     note = ("Forward of the appended tool-result tokens on the cached context vs a forward of the whole "
             "context without cache; ratio = cached / full (lower is better).")
     decoding = "n/a"
-    repeats = (3, 2)
-    LENGTHS: ClassVar[tuple[tuple[int, ...], tuple[int, ...]]] = ((256, 512, 1024, 2048), (512, 2048))
+    repeats = (3, 3)
+    needs_local_model = True  # times forward passes of the model itself
+    #: Context lengths (full, quick): a full forward of 2048 tokens takes ~8 s here, so
+    #: ``--quick`` stops at 1024.
+    LENGTHS: ClassVar[tuple[tuple[int, ...], tuple[int, ...]]] = ((256, 512, 1024, 2048), (256, 1024))
 
     def lengths(self, ctx: BenchContext) -> tuple[int, ...]:
         return self.LENGTHS[1] if ctx.quick else self.LENGTHS[0]
@@ -223,6 +240,9 @@ class KVReuseWorkload(Workload):
                 by_length[str(length)] = {
                     "context_tokens": length, "appended_tokens": int(suffix.shape[1]),
                     "cached_ms": 1000 * cached, "full_ms": 1000 * full, "ratio": cached / full,
+                    "cached_ms_spread": value_range(1000 * t for t in cached_s),
+                    "full_ms_spread": value_range(1000 * t for t in full_s),
+                    "ratio_spread": value_range(c / f for c, f in zip(cached_s, full_s)),
                 }
                 del cache
         longest = by_length[str(max(self.lengths(ctx)))]

@@ -51,7 +51,7 @@ class _RetrievalWorkload(ABWorkload):
     #: LLMCompiler's Wikipedia tool returns one page summary per search.
     max_results: ClassVar[int] = 1
     case_count = (4, 1)
-    repeats = (2, 2)
+    repeats = (3, 3)
 
     def __init__(self) -> None:
         super().__init__()
@@ -125,7 +125,7 @@ class PlanningWorkload(_RetrievalWorkload):
     )
     extra_baselines = {"vs_parallel_lazy": "lazy_parallel"}
     case_count = (3, 1)
-    repeats = (2, 1)
+    repeats = (3, 3)
 
     def all_cases(self, ctx) -> list[Case]:
         cases = []

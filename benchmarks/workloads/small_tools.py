@@ -35,7 +35,8 @@ class ValidationWorkload(ABWorkload):
     note = (f"{SMALL_TOOL_NOTE}. Invalid locations fail at their closing quote while the rest of the call "
             "is still being decoded (on_error='continue': decoding goes on).")
     case_count = (4, 1)
-    repeats = (2, 2)
+    repeats = (3, 3)
+    in_quick = False  # milliseconds of tool work: --quick keeps calculator for "costs nothing"
 
     def all_cases(self, ctx) -> list[Case]:
         places = data.us_places()
@@ -125,7 +126,8 @@ class DatabaseWorkload(ABWorkload):
     title = "SQL queries on a real SQLite database"
     note = SMALL_TOOL_NOTE
     case_count = (3, 1)
-    repeats = (2, 2)
+    repeats = (3, 3)
+    in_quick = False  # milliseconds of tool work: --quick keeps calculator for "costs nothing"
 
     def __init__(self) -> None:
         super().__init__()
@@ -211,7 +213,7 @@ class CalculatorWorkload(ABWorkload):
     title = "calculator (sympy in a child process)"
     note = SMALL_TOOL_NOTE
     case_count = (3, 1)
-    repeats = (2, 2)
+    repeats = (3, 3)
 
     def all_cases(self, ctx) -> list[Case]:
         cases = []
