@@ -96,6 +96,7 @@ class ConveyorGenerator:
         if max_tool_rounds < 0:
             raise ValueError(f"max_tool_rounds={max_tool_rounds} must be >= 0")
         self.engine: Engine = model if isinstance(model, Engine) else GenerateEngine(model)
+        self._owns_engine = not isinstance(model, Engine)  # an engine passed in may be shared: not ours to close
         self.model = getattr(self.engine, "model", None)
         if tokenizer is None:
             if self.model is None:
@@ -125,11 +126,13 @@ class ConveyorGenerator:
 
     # -- lifecycle -------------------------------------------------------------------
     def close(self) -> None:
-        """Close every tool (kernels, connections), including per-row forks, and the engine."""
+        """Close every tool (kernels, connections), including per-row forks, and the engine
+        if this generator built it (an engine passed in is closed by its owner)."""
         for tools in self._row_tools.values():
             for tool in tools.values():
                 tool.close()
-        self.engine.close()
+        if self._owns_engine:
+            self.engine.close()
 
     def __enter__(self) -> "ConveyorGenerator":
         return self
@@ -191,17 +194,13 @@ class ConveyorGenerator:
             return ids.long(), attention_mask.long().reshape(ids.shape), None
         texts, special = rendered
         tok = self.tokenizer
-        side, pad_token = tok.padding_side, tok.pad_token
-        tok.padding_side = "left"
-        try:  # the caller's tokenizer is left as it was
-            if pad_token is None:
-                tok.pad_token = tok.eos_token
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=special)
-        finally:
-            tok.padding_side = side
-            if pad_token is None:
-                tok.pad_token = None
-        return enc["input_ids"], enc["attention_mask"], texts
+        rows = [tok(text, add_special_tokens=special)["input_ids"] for text in texts]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        width = max(len(r) for r in rows)
+        # Left-padded by hand: the caller's tokenizer (maybe shared by threads) is never changed.
+        ids = torch.tensor([[pad or 0] * (width - len(r)) + r for r in rows], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+        return ids, mask, texts
 
     def _render_chat(self, messages: Messages) -> str:
         if getattr(self.tokenizer, "chat_template", None) is None:

@@ -1,6 +1,8 @@
 """Who decodes: one small interface (:class:`Engine`) and its implementations.
 
 - :class:`GenerateEngine`: ``model.generate`` in-process with the per-step hook (default).
+- :class:`ContinuousEngine`: transformers continuous batching in-process; concurrent
+  requests decode batched and a conversation waiting for a tool leaves the batch.
 - :class:`RemoteEngine`: any OpenAI-compatible streaming ``/v1/completions`` server
   (vLLM, SGLang, TGI, ``transformers serve``), the scale-out path.
 """
@@ -10,9 +12,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["Engine", "GenerateEngine", "RemoteEngine", "RemoteEngineError"]
+__all__ = ["ContinuousEngine", "Engine", "GenerateEngine", "RemoteEngine", "RemoteEngineError"]
 
 _WHERE = {
+    "ContinuousEngine": "conveyor_hf.engines.continuous",
     "Engine": "conveyor_hf.engines.base",
     "GenerateEngine": "conveyor_hf.engines.generate",
     "RemoteEngine": "conveyor_hf.engines.remote",
