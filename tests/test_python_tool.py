@@ -2,15 +2,21 @@
 
 Most tests share one module-scoped tool (a kernel start costs ~1 s); each test sets the
 state it needs, so order does not matter, even after a test that restarts the kernel.
+``py`` is the default tool (sandboxed wherever the machine allows, as in CI, and replaying
+the conversation after a restart); ``plain`` opts out of both, so the unsandboxed path
+(signal interrupts, no process reaper) and restarts that lose the state stay tested too.
+Hostile code against the sandbox itself is in ``test_sandbox.py``.
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import signal
 
 import psutil
 import pytest
+from helpers import wait_until
 
 from conveyor_hf.tools.base import SideEffect
 from conveyor_hf.tools.kernel import CappedText, strip_ansi
@@ -23,6 +29,21 @@ def py():
     tool = PythonTool(timeout=1, max_output_chars=1000, interrupt_grace=1)
     yield tool
     tool.close()
+
+
+@pytest.fixture(scope="module")
+def plain():
+    tool = PythonTool(
+        timeout=1, max_output_chars=1000, interrupt_grace=1, sandbox=False, replay_on_restart=False
+    )
+    yield tool
+    tool.close()
+
+
+@pytest.fixture(params=["sandboxed", "plain"])
+def either(request, py, plain):
+    """Both tools: behaviour that must not depend on the containment."""
+    return py if request.param == "sandboxed" else plain
 
 
 def run_unit(tool: PythonTool, code: str):
@@ -96,45 +117,88 @@ def test_stop_on_error_skips_the_rest_of_the_call(py):
     assert run_unit(py, "flag\n").output == "'untouched'\n"
 
 
-def test_timeout_interrupts_and_keeps_the_kernel(py):
-    run_unit(py, "kept = 'yes'\n")
-    out = run_unit(py, "while True:\n    pass\n")
+def test_timeout_interrupts_and_keeps_the_kernel(either):
+    run_unit(either, "kept = 'yes'\n")
+    out = run_unit(either, "while True:\n    pass\n")
     assert out.error is not None and "timed out after 1s" in out.error
     assert "interrupted" in out.error
     assert "\x1b" not in out.output
-    assert run_unit(py, "kept\n").output == "'yes'\n"
+    assert run_unit(either, "kept\n").output == "'yes'\n"
 
 
-def test_statement_ignoring_the_interrupt_forces_a_restart(py):
-    run_unit(py, "doomed = 1\n")
-    pid = py.kernel_pid
-    code = (
-        "import time\n"
-        "while True:\n"
-        "    try:\n"
-        "        time.sleep(10)\n"
-        "    except KeyboardInterrupt:\n"
-        "        pass\n"
-    )
-    out = run_unit(py, code)
-    assert "timed out after 1s" in out.error
-    assert "restarted" in out.error and "state lost" in out.error
-    after = run_unit(py, "doomed\n")
-    assert after.error == "NameError: name 'doomed' is not defined"
-    assert run_unit(py, "1 + 1\n").output == "2\n"
-    assert py.kernel_pid != pid and kernel_gone(pid)
+IGNORES_INTERRUPTS = (
+    "import time\n"
+    "while True:\n"
+    "    try:\n"
+    "        time.sleep(10)\n"
+    "    except KeyboardInterrupt:\n"
+    "        pass\n"
+)
+
+
+def test_statement_ignoring_the_interrupt_forces_a_restart(either):
+    run_unit(either, "survivor = 1\n")
+    run_unit(either, "def twice(n):\n    return 2 * n\n")
+    pid = either.kernel_pid
+    out = run_unit(either, IGNORES_INTERRUPTS)
+    assert "timed out after 1s" in out.error and "did not stop when interrupted" in out.error
+    assert "restarted" in out.error
+    if either.replay_on_restart:
+        assert "replayed" in out.error
+        assert "survivor" in out.error and "twice" in out.error  # the model is told what came back
+        assert run_unit(either, "twice(survivor)\n").output == "2\n"
+    else:
+        assert "state lost" in out.error
+        assert run_unit(either, "survivor\n").error == "NameError: name 'survivor' is not defined"
+    assert run_unit(either, "1 + 1\n").output == "2\n"
+    assert either.kernel_pid != pid and kernel_gone(pid)
 
 
 @pytest.mark.parametrize(
-    "code", ["import os; os._exit(1)\n", "import os; os.kill(os.getpid(), 9)\n"]
+    "code, how",
+    [
+        ("import os; os._exit(1)\n", "exit code 1"),
+        ("import os; os.kill(os.getpid(), 9)\n", "killed by SIGKILL"),
+        ("import ctypes; ctypes.string_at(0)\n", "killed by SIGSEGV"),  # a segfault
+    ],
 )
-def test_dead_kernel_is_reported_and_replaced(py, code):
-    run_unit(py, "lost = 1\n")
-    out = run_unit(py, code)
-    assert out.error is not None
-    assert "the Python kernel died" in out.error and "restarted, state lost" in out.error
-    assert run_unit(py, "1 + 1\n").output == "2\n"
-    assert run_unit(py, "lost\n").error == "NameError: name 'lost' is not defined"
+def test_dead_kernel_is_replaced_and_the_conversation_replayed(either, code, how):
+    run_unit(either, "import math\n")
+    run_unit(either, "kept = math.factorial(5)\n")
+    run_unit(either, "kept / 0\n")  # failed statements are not replayed
+    out = run_unit(either, code)
+    assert out.error.startswith(f"the Python kernel died ({how}")
+    if either.replay_on_restart:
+        assert "it was restarted" in out.error and "replayed" in out.error
+        assert "kept" in out.error and "math" in out.error
+        assert run_unit(either, "kept + 1\n").output == "121\n"
+    else:
+        assert "it was restarted, state lost" in out.error
+        assert run_unit(either, "kept\n").error == "NameError: name 'kept' is not defined"
+    assert run_unit(either, "1 + 1\n").output == "2\n"
+
+
+def test_kernel_killed_from_outside_mid_statement(either):
+    run_unit(either, "import time\n")
+    run_unit(either, "before = 'restored'\n")
+    flag = os.path.join(either.cwd, "started")
+    if os.path.exists(flag):
+        os.remove(flag)
+    pid = either.kernel_pid
+    call = either.open_call()
+    call.feed(Unit(text="open('started', 'w').close(); time.sleep(60)\n"))
+    assert wait_until(lambda: os.path.exists(flag), limit=30)  # the statement is running
+    os.kill(pid, signal.SIGKILL)  # as the OOM killer or an operator would
+    result = call.finish()
+    unit = result.units[0]
+    assert unit.error.startswith("the Python kernel died (killed by SIGKILL")
+    if either.replay_on_restart:
+        assert "replayed" in unit.error and "before" in unit.error
+        assert run_unit(either, "before\n").output == "'restored'\n"
+    else:
+        assert "state lost" in unit.error
+    assert run_unit(either, "2 + 2\n").output == "4\n"
+    assert either.kernel_pid != pid and kernel_gone(pid)
 
 
 def test_dead_kernel_in_a_call_skips_the_rest(py):
@@ -148,13 +212,44 @@ def test_dead_kernel_in_a_call_skips_the_rest(py):
     assert "never" not in result.output
 
 
-def test_huge_output_is_capped_head_and_tail(py):
-    out = run_unit(py, "print('START'); print('x' * 2_000_000); print('END')\n")
+def test_huge_output_is_capped_head_and_tail(either):
+    out = run_unit(either, "print('START'); print('x' * 2_000_000); print('END')\n")
     assert out.error is None
     assert len(out.output) < 1100
     assert out.output.startswith("START\n")
     assert out.output.endswith("END\n")
     assert "characters cut" in out.output
+
+
+def _big_print() -> str:
+    return "<" + "x" * 100_000_000 + ">\n"
+
+
+def _many_lines() -> str:
+    return "".join(f"{i:09d}" + "y" * 490 + "\n" for i in range(200_000))
+
+
+@pytest.mark.parametrize(
+    "code, text",
+    [
+        ("print('<' + 'x' * 100_000_000 + '>')\n", _big_print),  # one 100 MB write
+        ("for i in range(200_000):\n    print(f'{i:09d}' + 'y' * 490)\n", _many_lines),  # 100 MB of lines
+    ],
+)
+def test_100_mb_of_output_is_cut_in_the_kernel_with_exact_accounting(py, code, text):
+    py.timeout = 120  # room for a slow machine: the point is the cap, not the speed
+    try:
+        out = run_unit(py, code)
+    finally:
+        py.timeout = 1.0
+    assert out.error is None
+    # What the model sees is exactly the head and tail of the whole 100 MB with the true
+    # count between, although most of it never left the kernel.
+    expected = CappedText(1000)
+    expected.write(text())
+    assert out.output == expected.getvalue()
+    assert f"... [{100_000_003 - 1000 if 'print' in code[:6] else 100_000_000 - 1000} characters cut]" in out.output
+    assert run_unit(py, "21 * 2\n").output == "42\n"
 
 
 def test_capped_text_keeps_head_and_tail_in_bounded_memory():
@@ -224,11 +319,13 @@ def test_lazy_start_cwd_quiet_and_close_leaves_no_process(tmp_path, capfd):
     assert tool.kernel_pid is None
     call = tool.open_call()  # warm_up starts the kernel on the call's thread
     call.feed(Unit(text="import os, subprocess; print(os.getcwd())\n"))
-    call.feed(Unit(text="child = subprocess.Popen(['sleep', '60']); child.pid\n", index=1))
+    call.feed(Unit(text="child = subprocess.Popen(['sleep', '60'])\n", index=1))
     result = call.finish()
     assert result.error is None, result.output
     assert result.units[0].output == f"{os.path.realpath(tmp_path)}\n"
-    pid, child_pid = tool.kernel_pid, int(result.units[1].output)
+    pid = tool.kernel_pid
+    # The child's pid as this process sees it (inside a sandbox pids are the sandbox's own).
+    [child_pid] = [child.pid for child in psutil.Process(pid).children() if child.name() == "sleep"]
     assert psutil.Process(pid).is_running()
 
     tool.close()
@@ -263,3 +360,16 @@ def test_rejects_bad_settings():
         PythonTool(timeout=0, prestart=False)
     with pytest.raises(ValueError, match="cwd"):
         PythonTool(cwd="/no/such/dir/anywhere", prestart=False)
+
+
+def test_close_while_a_statement_runs_ends_it_at_once():
+    tool = PythonTool(timeout=60)
+    call = tool.open_call()
+    flag = os.path.join(tool.cwd, "started")
+    running = call.feed(Unit(text="open('started', 'w').close(); import time; time.sleep(50)\n"))
+    assert wait_until(lambda: os.path.exists(flag), limit=30)
+    pid = tool.kernel_pid
+    tool.close()  # wakes the kernel's owner thread out of its wait on the kernel
+    result = call.finish()
+    assert running.done and "closed" in result.units[0].error
+    assert kernel_gone(pid)

@@ -21,6 +21,7 @@ import dataclasses
 from typing import Any, ClassVar
 
 from benchmarks.workloads import ABWorkload, BenchContext, Case, RunRecord, Variant
+from benchmarks.workloads.data import DataUnavailable
 
 #: Seconds of emulated latency per call (the backends themselves take microseconds).
 LATENCY = 0.4
@@ -54,7 +55,11 @@ class BfclWorkload(ABWorkload):
         cases = []
         for category, count in PLAN:
             taken = 0
-            for entry in bfcl.load_entries(category):
+            try:
+                entries = bfcl.load_entries(category)
+            except bfcl.BfclUnavailable as exc:
+                raise DataUnavailable(str(exc)) from exc
+            for entry in entries:
                 first = dataclasses.replace(entry, turns=entry.turns[:1], ground_truth=entry.ground_truth[:1])
                 calls = first.ground_truth[0] if first.ground_truth else []
                 if len(calls) < 2 or bfcl.schema_problems(first):

@@ -32,6 +32,8 @@ _LAZY = {
     "LocationLookupTool": "conveyor_hf.tools.validation",
     "ScriptedTool": "conveyor_hf.tools.scripted",
     "FunctionTool": "conveyor_hf.tools.function",
+    "SandboxPolicy": "conveyor_hf.tools.sandbox",
+    "SandboxUnavailable": "conveyor_hf.tools.sandbox",
     "tool": "conveyor_hf.tools.function",
 }
 
@@ -41,6 +43,8 @@ __all__ = [
     "LocationLookupTool",
     "PlanTool",
     "PythonTool",
+    "SandboxPolicy",
+    "SandboxUnavailable",
     "SQLTool",
     "ScriptedTool",
     "SearchTool",

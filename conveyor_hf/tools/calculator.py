@@ -7,7 +7,9 @@ name the offending construct. What passes is evaluated in a persistent child pro
 validates it again with the same code, builds sympy objects node by node, and runs under a
 memory limit (``RLIMIT_AS``). The parent waits ``time_limit`` seconds for the answer, then
 kills the child and starts a fresh one, so nothing that slips past the static limits
-(``binomial(10**9, 10**8)``) can hang or exhaust the conversation.
+(``binomial(10**9, 10**8)``) can hang or exhaust the conversation. The child runs in the same
+namespace sandbox as the Python kernel (:mod:`conveyor_hf.tools.sandbox`; ``sandbox="auto"``
+by default): no network, nothing writable, nothing of the host's home visible, non-root.
 
 Results are exact, with a numeric value when it says something new::
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +35,7 @@ from typing import Any
 
 from conveyor_hf.tools.base import SideEffect, Tool, UnitOutput
 from conveyor_hf.tools.calc_worker import CalcError, Limits, normalize, validate
+from conveyor_hf.tools.sandbox import Sandbox, SandboxPolicy, contained_pid, kill_sandbox, resolve_sandbox
 from parsers.lines import LineParser
 from parsers.unit import Unit
 
@@ -52,7 +56,8 @@ class CalcWorker:
 
     One request at a time (a lock); a request that outlives ``time_limit`` gets the child
     killed and a new one started. The child exits by itself when the parent goes away
-    (its stdin closes).
+    (its stdin closes). With a ``sandbox`` the child runs contained; killing it kills its
+    whole sandbox (the child has a process group of its own).
     """
 
     def __init__(
@@ -62,8 +67,10 @@ class CalcWorker:
         time_limit: float = 2.0,
         memory_limit: int = 1 << 30,
         start_timeout: float = 60.0,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.limits = limits
+        self.sandbox = sandbox
         self.time_limit = float(time_limit)
         self.memory_limit = int(memory_limit)
         self.start_timeout = float(start_timeout)
@@ -76,10 +83,18 @@ class CalcWorker:
         self._lock = threading.Lock()
         self._finalizer: weakref.finalize | None = None
         self._stderr: Any = None
+        self._inner_pid: int | None = None
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+        """The evaluating process's id (inside its sandbox when sandboxed), or None."""
+        if self._proc is None or self._proc.poll() is not None:
+            return None
+        if self.sandbox is not None and self._ready:
+            if self._inner_pid is None:
+                self._inner_pid = contained_pid(self._proc.pid, _WORKER_FILE.name)
+            return self._inner_pid or self._proc.pid
+        return self._proc.pid
 
     def start(self) -> None:
         """Start the child (if it is not running) without waiting for it to be ready."""
@@ -91,20 +106,24 @@ class CalcWorker:
             return
         self._kill()
         self._stderr = tempfile.TemporaryFile()
+        argv = [sys.executable, "-c", _BOOT, str(_WORKER_FILE)]
+        if self.sandbox is not None:
+            argv = self.sandbox.command(argv, cwd=None, readable=[str(_WORKER_FILE)])
         proc = subprocess.Popen(
-            [sys.executable, "-c", _BOOT, str(_WORKER_FILE)],
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             close_fds=True,
+            start_new_session=True,  # its own process group: one killpg ends it and its sandbox
         )
         config = {"limits": asdict(self.limits), "memory": self.memory_limit}
         assert proc.stdin is not None
         proc.stdin.write((json.dumps(config) + "\n").encode())
         proc.stdin.flush()
-        self._proc, self._buffer, self._ready = proc, b"", False
+        self._proc, self._buffer, self._ready, self._inner_pid = proc, b"", False, None
         self.starts += 1
-        self._finalizer = weakref.finalize(self, _kill_process, proc)
+        self._finalizer = weakref.finalize(self, _kill_process, proc, self.sandbox is not None)
 
     def _kill(self) -> None:
         proc, self._proc = self._proc, None
@@ -112,7 +131,7 @@ class CalcWorker:
             self._finalizer.detach()
             self._finalizer = None
         if proc is not None:
-            _kill_process(proc)
+            _kill_process(proc, sandboxed=self.sandbox is not None)
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
@@ -197,9 +216,15 @@ class CalcWorker:
         return reply if isinstance(reply, dict) else None
 
 
-def _kill_process(proc: subprocess.Popen[bytes]) -> None:
+def _kill_process(proc: subprocess.Popen[bytes], sandboxed: bool = False) -> None:
     if proc.poll() is None:
-        proc.kill()
+        if sandboxed:
+            kill_sandbox(proc.pid)  # bwrap and its sandbox: the child and all it started
+        else:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the child and its process group
+            except OSError:
+                proc.kill()
     for stream in (proc.stdin, proc.stdout):
         try:
             if stream is not None:
@@ -219,6 +244,9 @@ class CalculatorTool(Tool):
       time_limit: seconds one expression may compute before its child is killed.
       memory_limit: address-space limit of the child process, bytes.
       limits: static limits (:class:`~conveyor_hf.tools.calc_worker.Limits`).
+      sandbox: ``"auto"`` (default: contained when this machine can, else a one-time
+        warning), ``True`` (required), ``False`` (opt out) or a
+        :class:`~conveyor_hf.tools.sandbox.SandboxPolicy`.
     """
 
     name = "calculator"
@@ -247,11 +275,16 @@ class CalculatorTool(Tool):
         time_limit: float = 2.0,
         memory_limit: int = 1 << 30,
         limits: Limits | None = None,
+        sandbox: bool | str | SandboxPolicy | Sandbox = "auto",
     ) -> None:
         if time_limit <= 0:
             raise ValueError(f"CalculatorTool(time_limit={time_limit!r}) must be > 0 seconds")
         self.limits = limits or Limits()
-        self.worker = CalcWorker(self.limits, time_limit=time_limit, memory_limit=memory_limit)
+        #: The sandbox the evaluating child runs in, or None.
+        self.sandbox: Sandbox | None = resolve_sandbox(sandbox, tool=type(self).__name__)
+        self.worker = CalcWorker(
+            self.limits, time_limit=time_limit, memory_limit=memory_limit, sandbox=self.sandbox
+        )
         # A unit may wait for the child to start (sympy import) and then compute.
         self.timeout = self.worker.start_timeout + time_limit
 

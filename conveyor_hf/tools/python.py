@@ -8,10 +8,21 @@ partial mode each top-level statement runs the moment the parser emits it, like 
 notebook cell of one statement: its stdout, stderr, displayed value and traceback are
 collected per statement, and the first failing statement skips the rest of the call.
 
+Containment: by default (``sandbox="auto"``) the kernel runs in a namespace sandbox
+(:mod:`conveyor_hf.tools.sandbox`: no network, read-only filesystem except its working
+directory and a private ``/tmp``, own PID namespace, non-root, process, file-size and disk
+limits) when the machine can provide one, and otherwise with a one-time warning naming
+what to install. ``sandbox=True`` refuses to start without one, ``sandbox=False`` opts out.
+
 Limits: ``timeout`` per statement (interrupt, then kill and restart if the statement
-ignores the interrupt), ``max_output_chars`` per statement (head and tail kept),
-``memory_limit_mb`` for the kernel's data segment. A kernel that dies is reported on the
-statement that killed it and replaced by a fresh one.
+ignores the interrupt), ``max_output_chars`` per statement (head and tail kept, and most
+of a flood never leaves the kernel), ``memory_limit_mb`` for the kernel's data segment.
+
+Crash recovery: a kernel that dies (out of memory, a segfault, ``os._exit``, killed from
+outside) or must be restarted after a timeout is replaced at once, and the statements of
+this conversation that had run successfully are replayed into the new one
+(``replay_on_restart``), so its variables, imports and functions come back; the error of
+the statement that killed it tells the model so, and what was restored.
 
 Example::
 
@@ -20,6 +31,7 @@ Example::
     with PythonTool(timeout=10) as py:
         print(py.run("x = 6 * 7\\nprint('hi')\\nx\\n").output)   # hi / 42
         print(py.run("x / 0\\n").error)       # ZeroDivisionError: division by zero
+        print(py.sandbox_description)          # sandbox: bubblewrap 0.8.0: no network ...
 """
 
 from __future__ import annotations
@@ -28,7 +40,8 @@ import os
 from typing import Any, ClassVar
 
 from conveyor_hf.tools.base import SideEffect, Tool, UnitOutput
-from conveyor_hf.tools.kernel import KernelSession
+from conveyor_hf.tools.kernel import OUTPUT_GUARD_CHARS, KernelSession
+from conveyor_hf.tools.sandbox import Sandbox, SandboxPolicy, resolve_sandbox
 from parsers.unit import IncrementalParser, Unit
 
 
@@ -52,6 +65,13 @@ class PythonTool(Tool):
       interrupt_grace: seconds between the interrupt and the restart of a timed-out kernel.
       startup_timeout: seconds a kernel may take to start.
       kernel_name: the Jupyter kernel spec (``python3`` runs this interpreter).
+      sandbox: ``"auto"`` (default: contained when this machine can, else a one-time
+        warning), ``True`` (contained or :class:`~conveyor_hf.tools.sandbox.SandboxUnavailable`),
+        ``False`` (the explicit opt-out: the code runs with your rights), or a
+        :class:`~conveyor_hf.tools.sandbox.SandboxPolicy` with other limits (required).
+      replay_on_restart: after the kernel died or was restarted, replay the statements that
+        had run successfully, so the conversation's state comes back (default). False: a
+        restart loses the state, and the error says so.
 
     Statements run through IPython, so ``%magics`` and ``!shell`` lines work, and a
     statement that is an expression shows its value, as in a notebook.
@@ -92,6 +112,8 @@ class PythonTool(Tool):
         interrupt_grace: float = 2.0,
         startup_timeout: float = 60.0,
         kernel_name: str = "python3",
+        sandbox: bool | str | SandboxPolicy | Sandbox = "auto",
+        replay_on_restart: bool = True,
     ) -> None:
         if timeout is None or not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
@@ -102,6 +124,9 @@ class PythonTool(Tool):
             )
         self.timeout = float(timeout)
         self.max_output_chars = None if max_output_chars is None else int(max_output_chars)
+        #: The sandbox the kernel runs in, or None (opted out, or none available with "auto").
+        self.sandbox: Sandbox | None = resolve_sandbox(sandbox, tool=type(self).__name__)
+        self.replay_on_restart = bool(replay_on_restart)
         self._settings: dict[str, Any] = dict(
             timeout=timeout,
             max_output_chars=max_output_chars,
@@ -111,7 +136,11 @@ class PythonTool(Tool):
             interrupt_grace=interrupt_grace,
             startup_timeout=startup_timeout,
             kernel_name=kernel_name,
+            # Forks share the resolved sandbox: no second probe, no second warning.
+            sandbox=self.sandbox if self.sandbox is not None else False,
+            replay_on_restart=replay_on_restart,
         )
+        guard = None if self.max_output_chars is None else max(OUTPUT_GUARD_CHARS, self.max_output_chars)
         self._session = KernelSession(
             cwd=cwd,
             memory_limit_mb=memory_limit_mb,
@@ -120,6 +149,9 @@ class PythonTool(Tool):
             kernel_name=kernel_name,
             start=prestart,
             label=self.name,
+            sandbox=self.sandbox,
+            replay_on_restart=self.replay_on_restart,
+            output_guard_chars=guard,
         )
 
     # -- Tool interface --------------------------------------------------------------
@@ -167,8 +199,16 @@ class PythonTool(Tool):
         """The kernel's working directory."""
         return self._session.cwd
 
+    @property
+    def sandbox_description(self) -> str:
+        """One line: how this tool's kernel is contained."""
+        if self.sandbox is None:
+            return "sandbox: none, the kernel runs with your full rights"
+        return self.sandbox.describe()
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(timeout={self.timeout:g}, "
-            f"max_output_chars={self.max_output_chars}, pid={self.kernel_pid})"
+            f"max_output_chars={self.max_output_chars}, sandboxed={self.sandbox is not None}, "
+            f"pid={self.kernel_pid})"
         )

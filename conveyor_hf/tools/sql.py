@@ -135,7 +135,7 @@ class SQLStatementParser:
         if not _has_code(statement[:-1]):  # an empty statement: its text travels onwards
             self._start = end
             return None
-        if not sqlite3.complete_statement(statement):  # inside CREATE TRIGGER … BEGIN … END
+        if not _complete(statement):  # inside CREATE TRIGGER … BEGIN … END
             return None
         text, self._buffer = self._buffer[:end], self._buffer[end:]
         self._start = 0
@@ -411,7 +411,7 @@ class SQLTool(Tool):
     def run_statement(self, statement: str) -> tuple[str, str | None]:
         """Run one statement; ``(table or status line, error sentence or None)``."""
         text = statement if statement.rstrip().endswith(";") else statement.rstrip() + ";"
-        if not sqlite3.complete_statement(text):
+        if not _complete(text):
             return "", f"incomplete SQL statement {_short(statement)!r}; finish it and end it with ';'"
         with self._lock:
             conn = self._connect()
@@ -516,3 +516,8 @@ def _connect_uri(database: str, read_only: bool) -> str:
             params = urllib.parse.parse_qsl(query, keep_blank_values=True)
         return f"{base}?{urllib.parse.urlencode(params)}"
     return f"{Path(database).expanduser().resolve().as_uri()}?mode={mode}"
+
+
+def _complete(statement: str) -> bool:
+    """``sqlite3.complete_statement``, which raises on a NUL character instead of answering."""
+    return sqlite3.complete_statement(statement.replace("\x00", " "))
