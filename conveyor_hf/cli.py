@@ -38,6 +38,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--trace", default=None, metavar="JSON", help="save a Chrome trace (Perfetto) here")
     run.add_argument("--no-color", action="store_true")
 
+    serve = sub.add_parser("serve", help="an OpenAI-compatible chat server that runs tools while the model decodes")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--model", default=None,
+                       help="model folder, .gguf file or cached hub id, or 'default' (the embedded "
+                            "SmolLM2-135M-Instruct); with --engine URL it names the tokenizer")
+    serve.add_argument("--engine", default="local", metavar="local|URL",
+                       help="local (continuous batching when available, else one request at a time), continuous, "
+                            "generate, or an OpenAI-compatible server URL such as http://127.0.0.1:8001/v1")
+    serve.add_argument("--engine-model", default=None, metavar="NAME",
+                       help="the model name the --engine server serves (default: the only one it lists)")
+    serve.add_argument("--api-key", default=None, help="API key for --engine URL (or set OPENAI_API_KEY)")
+    serve.add_argument("--tools", default="python", help="comma-separated tool names (see `conveyor-hf tools`)")
+    serve.add_argument("--mode", choices=("partial", "lazy"), default="partial")
+    serve.add_argument("--max-concurrency", type=int, default=4, help="requests decoding at once")
+    serve.add_argument("--max-queue", type=int, default=None,
+                       help="requests waiting for a slot before 429 (default: twice --max-concurrency)")
+    serve.add_argument("--kernel-pool", type=int, default=4, help="started Python kernels kept ready")
+    serve.add_argument("--max-tokens", type=int, default=256, help="completion tokens when a request sets none")
+    serve.add_argument("--max-tool-rounds", type=int, default=4)
+    serve.add_argument("--served-model-name", default=None, help="the model id clients send (default: its name)")
+    serve.add_argument("--threads", type=int, default=None, help="torch CPU threads for decoding")
+    serve.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+
     sub.add_parser("tools", help="list the tools that can be named in --tools")
 
     sub.add_parser("bench", help="lazy vs partial benchmarks; `conveyor-hf bench --help` for options",
@@ -49,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         return _run(args)
+    if args.command == "serve":
+        return _serve(args)
     return _list_tools()
 
 
@@ -123,6 +149,10 @@ def _run(args: argparse.Namespace) -> int:
     sampling = {"do_sample": True, "temperature": 0.7} if args.sample else {"do_sample": False}
     with ConveyorGenerator(model, tokenizer, tools=tools, mode=args.mode, max_tool_rounds=args.max_tool_rounds) as gen:
         print(f"[engine: {gen.engine.describe()}]", file=sys.stderr)
+        if any(t.name in ("python", "calculator") for t in tools):
+            from conveyor_hf.tools.sandbox import describe
+
+            print(f"[{describe()}]", file=sys.stderr)
         try:
             out = gen.generate(messages, max_new_tokens=args.max_new_tokens, stream=printer, **sampling)
         except RemoteEngineError as exc:
@@ -144,6 +174,29 @@ def _run(args: argparse.Namespace) -> int:
     if args.trace:
         out.timeline.to_chrome_trace(args.trace)
         print(f"trace: {args.trace}", file=sys.stderr)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    try:
+        from conveyor_hf.server import ServerSettings, serve
+    except ImportError as exc:
+        print(f"conveyor-hf serve: {exc}; install the server with: pip install 'conveyor_hf[serve]'", file=sys.stderr)
+        return 2
+    try:
+        settings = ServerSettings(
+            host=args.host, port=args.port, model=args.model, engine=args.engine, engine_model=args.engine_model,
+            api_key=args.api_key or os.environ.get("OPENAI_API_KEY"), tools=args.tools.split(","), mode=args.mode,
+            max_concurrency=args.max_concurrency, max_queue=args.max_queue, kernel_pool=args.kernel_pool,
+            max_tokens=args.max_tokens, max_tool_rounds=args.max_tool_rounds,
+            served_model_name=args.served_model_name, threads=args.threads, device=args.device,
+        )
+        serve(settings)
+    except (ValueError, KeyError, OSError, RuntimeError) as exc:
+        print(f"conveyor-hf serve: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

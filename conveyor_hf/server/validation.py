@@ -1,0 +1,251 @@
+"""Checking a chat-completions request against the ``openai`` types and what this server honours.
+
+The field names and their types come from the ``openai`` package
+(``CompletionCreateParams`` and ``ChatCompletionMessageParam``), as ``transformers serve``
+does: a field that is not part of the API is refused as unknown; a field of the API that
+this server cannot honour is refused by name with the reason (a silently ignored
+``logprobs`` or ``n`` would give the client a wrong answer). Fields sent at their no-op
+value (``n: 1``, ``presence_penalty: 0``, ``null`` …) are accepted. What passes becomes a
+:class:`ChatRequest`: plain ``{"role", "content"}`` messages and the ``generate``
+keywords of the request.
+"""
+
+from __future__ import annotations
+
+import functools
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from conveyor_hf.server.errors import APIError
+
+#: Fields this server honours (for ``seed`` and ``stop``: only with a remote engine).
+SUPPORTED = frozenset({
+    "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
+    "temperature", "top_p", "seed", "stop", "user",
+})
+
+#: Fields of the API accepted when sent at a value that asks for nothing.
+NO_OP_VALUES: dict[str, tuple[Any, ...]] = {
+    "n": (1,), "logprobs": (False,), "presence_penalty": (0,), "frequency_penalty": (0,),
+    "logit_bias": ({},), "store": (False,), "parallel_tool_calls": (True, False), "tool_choice": ("none", "auto"),
+    "tools": ([],), "functions": ([],), "metadata": ({},), "service_tier": ("auto", "default"),
+    "modalities": (["text"],), "response_format": ({"type": "text"},),
+}
+
+#: Why a field of the API cannot be honoured, when the reason is not obvious.
+REASONS = {
+    "tools": "client tools are not supported yet: this server runs its own tools (see GET /health); "
+             "remove tools to use them",
+    "functions": "client tools are not supported yet (functions is the deprecated form of tools)",
+    "function_call": "client tools are not supported yet",
+    "tool_choice": "client tools are not supported yet",
+    "n": "one answer per request (each answer runs its own tools); send n requests",
+    "logprobs": "log-probabilities are not returned",
+    "top_logprobs": "log-probabilities are not returned",
+    "response_format": "structured output is not supported",
+    "presence_penalty": "penalties are not supported",
+    "frequency_penalty": "penalties are not supported",
+    "logit_bias": "logit_bias is not supported",
+    "audio": "only text is supported",
+    "modalities": "only text is supported",
+}
+
+#: ``generate`` keywords only a remote engine takes (the completions API carries them).
+REMOTE_ONLY = {"seed": "seed", "stop": "stop"}
+
+MAX_STOP_SEQUENCES = 4
+
+
+@dataclass
+class ChatRequest:
+    """A validated request: plain messages and how to decode them.
+
+    ``messages`` are ``{"role", "content": str}`` dicts (``developer`` becomes
+    ``system``); ``max_tokens`` is None when the client set no limit; ``generate_kwargs``
+    are the sampling keywords for ``ConveyorGenerator.generate``.
+    """
+
+    messages: list[dict[str, str]]
+    stream: bool = False
+    include_usage: bool = False
+    max_tokens: int | None = None
+    model: str | None = None
+    generate_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RequestPolicy:
+    """What this server honours: the model id it serves and whether the engine is remote."""
+
+    model_id: str
+    remote: bool = False
+
+
+def validate_request(body: Any, policy: RequestPolicy) -> ChatRequest:
+    """The :class:`ChatRequest` of a parsed JSON ``body``, or :class:`APIError` (400/404)
+    naming every field that is unknown, malformed or cannot be honoured."""
+    if not isinstance(body, dict):
+        raise APIError(400, f"the request body must be a JSON object, got {type(body).__name__}")
+    known = _api_fields()
+    unknown = sorted(set(body) - set(known))
+    if unknown:
+        raise APIError(400, f"unknown field{'s' * (len(unknown) > 1)} {_names(unknown)}: not part of the "
+                            "chat completions API; remove them", param=unknown[0], code="unknown_field")
+    sent = {key: value for key, value in body.items() if value is not None}
+    _refuse_unsupported(sent, policy)
+    for key in sorted(set(sent) & SUPPORTED - {"messages"}):
+        _check_type(key, sent[key], known[key])
+    if "model" in sent and sent["model"] != policy.model_id:
+        raise APIError(404, f"model {sent['model']!r} is not served here; this server serves "
+                            f"{policy.model_id!r} (see GET /v1/models)", param="model", code="model_not_found")
+    request = ChatRequest(messages=_messages(body.get("messages")), model=sent.get("model"))
+    request.stream = bool(sent.get("stream", False))
+    options = sent.get("stream_options") or {}
+    if options and not request.stream:
+        raise APIError(400, "stream_options is only allowed with stream: true", param="stream_options")
+    request.include_usage = bool(options.get("include_usage", False))
+    request.max_tokens = _max_tokens(sent)
+    request.generate_kwargs = _sampling(sent)
+    return request
+
+
+def _refuse_unsupported(sent: dict[str, Any], policy: RequestPolicy) -> None:
+    refused = []
+    for key, value in sent.items():
+        if key in SUPPORTED:
+            if key in REMOTE_ONLY and not policy.remote:
+                refused.append((key, f"{key} is only supported with a remote engine (--engine URL)"))
+            continue
+        if value in NO_OP_VALUES.get(key, ()):
+            continue
+        refused.append((key, REASONS.get(key, f"{key} is not supported by this server")))
+    if not refused:
+        return
+    if any(key in ("tools", "functions") for key, _ in refused):  # the one a client most needs to see first
+        refused.sort(key=lambda item: item[0] not in ("tools", "functions"))
+    names = _names([key for key, _ in refused])
+    reasons = "; ".join(dict.fromkeys(reason for _, reason in refused))
+    raise APIError(400, f"this server cannot honour {names}: {reasons}", param=refused[0][0],
+                   code="unsupported_field")
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> None:
+    try:
+        _adapter(key, annotation).validate_python(value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise APIError(400, f"{key}={value!r} is invalid: {first['msg']}", param=key) from None
+
+
+def _max_tokens(sent: dict[str, Any]) -> int | None:
+    if "max_tokens" in sent and "max_completion_tokens" in sent \
+            and sent["max_tokens"] != sent["max_completion_tokens"]:
+        raise APIError(400, "max_tokens and max_completion_tokens disagree; send one of them",
+                       param="max_completion_tokens")
+    key = "max_completion_tokens" if "max_completion_tokens" in sent else "max_tokens"
+    if key not in sent:
+        return None
+    value = int(sent[key])
+    if value < 1:
+        raise APIError(400, f"{key}={value} must be at least 1", param=key)
+    return value
+
+
+def _sampling(sent: dict[str, Any]) -> dict[str, Any]:
+    """``generate`` keywords: greedy unless a temperature above 0 is asked for."""
+    temperature = float(sent.get("temperature", 0.0))
+    if not 0.0 <= temperature <= 2.0:
+        raise APIError(400, f"temperature={temperature:g} must be between 0 and 2", param="temperature")
+    kwargs: dict[str, Any] = {"do_sample": temperature > 0}
+    if temperature > 0:
+        kwargs["temperature"] = temperature
+        if "top_p" in sent:
+            top_p = float(sent["top_p"])
+            if not 0.0 < top_p <= 1.0:
+                raise APIError(400, f"top_p={top_p:g} must be above 0 and at most 1", param="top_p")
+            kwargs["top_p"] = top_p
+    if "seed" in sent:
+        kwargs["seed"] = int(sent["seed"])
+    if "stop" in sent:
+        stop = [sent["stop"]] if isinstance(sent["stop"], str) else list(sent["stop"])
+        if len(stop) > MAX_STOP_SEQUENCES or not all(stop):
+            raise APIError(400, f"stop={sent['stop']!r}: give 1 to {MAX_STOP_SEQUENCES} non-empty strings",
+                           param="stop")
+        kwargs["stop"] = stop
+    return kwargs
+
+
+def _messages(raw: Any) -> list[dict[str, str]]:
+    """Plain ``{"role", "content"}`` messages, each checked against the openai type."""
+    if raw is None:
+        raise APIError(400, "messages is required: a list of {'role', 'content'} objects", param="messages")
+    if not isinstance(raw, list) or not raw:
+        raise APIError(400, "messages must be a non-empty list of {'role', 'content'} objects", param="messages")
+    messages = []
+    for index, message in enumerate(raw):
+        where = f"messages[{index}]"
+        try:
+            _message_adapter().validate_python(message)
+        except ValidationError as exc:
+            raise APIError(400, f"{where} is not a chat message: {_first_error(exc)}", param=where) from None
+        role = message["role"]
+        if role in ("tool", "function") or message.get("tool_calls") or message.get("function_call"):
+            raise APIError(400, f"{where}: client tools are not supported yet, so {role} messages and "
+                                "assistant tool_calls cannot be honoured; this server runs its own tools",
+                           param=where)
+        extra = sorted(set(message) - {"role", "content"})
+        if extra:
+            raise APIError(400, f"{where}: {_names(extra)} cannot be honoured (the chat template renders only "
+                                "role and content); remove them", param=f"{where}.{extra[0]}")
+        messages.append({"role": "system" if role == "developer" else role,
+                         "content": _text(message.get("content"), where)})
+    return messages
+
+
+def _text(content: Any, where: str) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    parts = []
+    for index, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") != "text":
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            raise APIError(400, f"{where}.content[{index}] is a {kind!r} part; only text parts are supported",
+                           param=f"{where}.content")
+        parts.append(str(part.get("text", "")))
+    return "".join(parts)
+
+
+def _first_error(exc: ValidationError) -> str:
+    """The most useful line of a union validation error: the one for the role that was sent."""
+    errors = exc.errors()
+    best = min(errors, key=lambda e: len(e["loc"]))
+    return f"{'.'.join(str(p) for p in best['loc'][1:]) or 'value'}: {best['msg']}"
+
+
+def _names(keys: list[str]) -> str:
+    return ", ".join(repr(k) for k in keys)
+
+
+@functools.lru_cache(maxsize=1)
+def _api_fields() -> dict[str, Any]:
+    """Field name → type annotation of the openai chat completions request."""
+    from openai.types.chat.completion_create_params import CompletionCreateParamsBase
+
+    hints = dict(typing.get_type_hints(CompletionCreateParamsBase))
+    hints["stream"] = typing.Optional[bool]
+    return hints
+
+
+@functools.lru_cache(maxsize=None)
+def _adapter(key: str, annotation: Any) -> TypeAdapter:
+    return TypeAdapter(annotation)
+
+
+@functools.lru_cache(maxsize=1)
+def _message_adapter() -> TypeAdapter:
+    from openai.types.chat import ChatCompletionMessageParam
+
+    return TypeAdapter(ChatCompletionMessageParam)
