@@ -210,6 +210,8 @@ class KVReuseWorkload(Workload):
         import torch
         from transformers import DynamicCache
 
+        from conveyor_hf.engines.generate import cache_keyword
+
         started = time.perf_counter()
         model = ctx.model
         device = model.device
@@ -221,14 +223,14 @@ class KVReuseWorkload(Workload):
                 context = torch.tensor([self.context_ids(ctx, length)], device=device)
                 whole = torch.cat([context, suffix], dim=1)
                 cache = DynamicCache(config=model.config)
-                model(input_ids=context, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                model(input_ids=context, **{cache_keyword(): cache}, use_cache=True, logits_to_keep=1)
                 model(input_ids=whole, use_cache=True, logits_to_keep=1)  # warm the long path, untimed
                 cached_s, full_s = [], []
                 for repeat in range(repeats):
                     for side in (("cached", "full") if repeat % 2 == 0 else ("full", "cached")):
                         if side == "cached":
                             begin = time.perf_counter()
-                            model(input_ids=suffix, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                            model(input_ids=suffix, **{cache_keyword(): cache}, use_cache=True, logits_to_keep=1)
                             cached_s.append(time.perf_counter() - begin)
                             cache.crop(length - cache.get_seq_length())  # drop the appended tokens again
                         else:
