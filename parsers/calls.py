@@ -232,7 +232,7 @@ class CallDetector:
 
     def _step_tag_body(self, syntax: CallSyntax) -> bool:
         if syntax.json_body:
-            pos, ends_in_string = _json_closer(self._buf, syntax.closer, self._in_string, self._escaped)
+            pos, ends_in_string, _ = _scan_json(self._buf, self._in_string, self._escaped, syntax.closer)
         else:
             pos, ends_in_string = self._buf.find(syntax.closer), False
         if pos >= 0:
@@ -244,15 +244,18 @@ class CallDetector:
         held = None if ends_in_string else _partial_suffix(self._buf, syntax.closer)
         body = self._consume(held if held is not None else len(self._buf))
         if syntax.json_body:
-            self._in_string, self._escaped = _json_string_state(body, self._in_string, self._escaped)
+            _, self._in_string, self._escaped = _scan_json(body, self._in_string, self._escaped)
         self._emit("body", body)
         return False
 
 
-def _json_closer(buf: str, closer: str, in_string: bool, escaped: bool) -> tuple[int, bool]:
-    """``(position of the first closer outside a JSON string or -1, whether buf ends
-    inside a string)``, starting from the given string state."""
-    for i, char in enumerate(buf):
+def _scan_json(text: str, in_string: bool, escaped: bool, closer: str = "") -> tuple[int, bool, bool]:
+    """Scan JSON text from the given string state (inside a string, after a backslash).
+
+    Returns ``(position of the first closer outside a string, or -1; the string state
+    there, or at the end of text)``. Without a ``closer`` it only tracks the state.
+    """
+    for i, char in enumerate(text):
         if in_string:
             if escaped:
                 escaped = False
@@ -262,24 +265,9 @@ def _json_closer(buf: str, closer: str, in_string: bool, escaped: bool) -> tuple
                 in_string = False
         elif char == '"':
             in_string = True
-        elif char == closer[0] and buf.startswith(closer, i):
-            return i, False
-    return -1, in_string
-
-
-def _json_string_state(text: str, in_string: bool, escaped: bool) -> tuple[bool, bool]:
-    """The JSON string state (inside a string, after a backslash) at the end of ``text``."""
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-    return in_string, escaped
+        elif closer and char == closer[0] and text.startswith(closer, i):
+            return i, in_string, escaped
+    return -1, in_string, escaped
 
 
 def _find_fence(buf: str, line_start: bool) -> tuple[tuple[int, int] | None, int | None]:
