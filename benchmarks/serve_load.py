@@ -358,17 +358,15 @@ def _quantile(values: list[float], q: float) -> float:
 
 def leak_check(server: Server, requests: int, concurrency: int, pool_size: int) -> dict[str, Any]:
     """``requests`` requests, every third abandoned once the model writes Python; then the
-    server's kernels must be back to the pool size and its threads to their resting count."""
+    server's kernels must be back to the pool size and its threads (OS threads, counted
+    after a warm-up) to their resting count."""
     import openai
     import psutil
 
     from concurrent.futures import ThreadPoolExecutor
 
     process = psutil.Process(server.proc.pid)
-    _wait_idle(server, pool_size)
-    threads_before, kernels_before = process.num_threads(), len(_kernels(process))
     client = openai.OpenAI(base_url=f"{server.root}/v1", api_key="none", max_retries=0, timeout=300)
-    started = time.perf_counter()
 
     def one(i: int) -> str:
         if i % 3 == 0:
@@ -380,13 +378,25 @@ def leak_check(server: Server, requests: int, concurrency: int, pool_size: int) 
                                                 messages=[{"role": "user", "content": prompt}])
         return "completed" if answer.choices[0].message.content else "empty"
 
+    with ThreadPoolExecutor(concurrency) as pool:  # warm-up: native threads (torch, zmq) start on first use
+        list(pool.map(one, range(2 * concurrency)))
+    _wait_idle(server, pool_size)
+    threads_before, kernels_before = process.num_threads(), len(_kernels(process))
+    before = server.metrics()
+    started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         outcomes = list(pool.map(one, range(requests)))
     elapsed = time.perf_counter() - started
     idle = _wait_idle(server, pool_size)
+    deadline = time.monotonic() + 60  # threads of the last answers end a moment after them
+    while time.monotonic() < deadline and not (process.num_threads() <= threads_before
+                                               and len(_kernels(process)) == pool_size):
+        time.sleep(0.2)
     threads_after = process.num_threads()
     kernels_after = len(_kernels(process))
-    m = server.metrics()
+    after = server.metrics()
+    counted = ("conveyor_requests_total", "conveyor_kernel_pool_started", "conveyor_kernel_pool_closed")
+    m = {k: after[k] - before.get(k, 0) for k in after if k.startswith(counted)}
     return {
         "requests": requests, "concurrency": concurrency, "seconds": elapsed,
         "outcomes": {k: outcomes.count(k) for k in sorted(set(outcomes))},
@@ -431,7 +441,8 @@ def _wait_idle(server: Server, pool_size: int, limit: float = 120.0) -> bool:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         m = server.metrics()
-        if (m["conveyor_requests_in_flight"] == 0 and m["conveyor_queue_length"] == 0
+        in_use = m["conveyor_kernel_pool_started"] - m["conveyor_kernel_pool_closed"] - m["conveyor_kernel_pool_ready"]
+        if (m["conveyor_requests_in_flight"] == 0 and m["conveyor_queue_length"] == 0 and in_use == 0
                 and m["conveyor_kernel_pool_ready"] == pool_size and m["conveyor_kernel_pool_starting"] == 0):
             return True
         time.sleep(0.2)

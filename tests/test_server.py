@@ -86,7 +86,8 @@ def _kernel_pids(server) -> set[int]:
 
 def _idle(server) -> bool:
     m = metrics(server)
-    return (m["conveyor_requests_in_flight"] == 0 and m["conveyor_queue_length"] == 0
+    in_use = m["conveyor_kernel_pool_started"] - m["conveyor_kernel_pool_closed"] - m["conveyor_kernel_pool_ready"]
+    return (m["conveyor_requests_in_flight"] == 0 and m["conveyor_queue_length"] == 0 and in_use == 0
             and m["conveyor_kernel_pool_ready"] == POOL and m["conveyor_kernel_pool_starting"] == 0)
 
 

@@ -190,7 +190,8 @@ def _messages(raw: Any) -> list[dict[str, str]]:
         try:
             _message_adapter().validate_python(message)
         except ValidationError as exc:
-            raise APIError(400, f"{where} is not a chat message: {_first_error(exc)}", param=where) from None
+            raise APIError(400, f"{where} is not a chat message: {_first_error(exc, message)}",
+                           param=where) from None
         role = message["role"]
         if role in ("tool", "function") or message.get("tool_calls") or message.get("function_call"):
             raise APIError(400, f"{where}: client tools are not supported yet, so {role} messages and "
@@ -218,11 +219,23 @@ def _text(content: Any, where: str) -> str:
     return "".join(parts)
 
 
-def _first_error(exc: ValidationError) -> str:
-    """The most useful line of a union validation error: the one for the role that was sent."""
-    errors = exc.errors()
-    best = min(errors, key=lambda e: len(e["loc"]))
-    return f"{'.'.join(str(p) for p in best['loc'][1:]) or 'value'}: {best['msg']}"
+def _first_error(exc: ValidationError, message: Any) -> str:
+    """The error of the message type the ``role`` asks for (not of every other member
+    of the union)."""
+    role = message.get("role") if isinstance(message, dict) else None
+    if role not in _ROLE_TYPES:
+        return f"role {role!r} is not one of {', '.join(_ROLE_TYPES)}"
+    errors = [e for e in exc.errors() if e["loc"] and e["loc"][0] == _ROLE_TYPES[role]] or exc.errors()
+    first = errors[0]
+    return f"{'.'.join(str(p) for p in first['loc'][1:]) or 'value'}: {first['msg']}"
+
+
+#: The openai message type of each role (the members of ``ChatCompletionMessageParam``).
+_ROLE_TYPES = {
+    "system": "ChatCompletionSystemMessageParam", "developer": "ChatCompletionDeveloperMessageParam",
+    "user": "ChatCompletionUserMessageParam", "assistant": "ChatCompletionAssistantMessageParam",
+    "tool": "ChatCompletionToolMessageParam", "function": "ChatCompletionFunctionMessageParam",
+}
 
 
 def _names(keys: list[str]) -> str:
