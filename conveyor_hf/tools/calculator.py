@@ -108,9 +108,7 @@ class CalcWorker:
         self._stderr = tempfile.TemporaryFile()
         argv = [sys.executable, "-c", _BOOT, str(_WORKER_FILE)]
         if self.sandbox is not None:
-            # die_with_parent: a worker whose parent died (killed test, crashed server) must not
-            # go on evaluating a runaway expression with nobody left to stop it.
-            argv = self.sandbox.command(argv, cwd=None, readable=[str(_WORKER_FILE)], die_with_parent=True)
+            argv = self.sandbox.command(argv, cwd=None, readable=[str(_WORKER_FILE)])
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
