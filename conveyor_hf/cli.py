@@ -195,7 +195,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
         serve(settings)
     except (ValueError, KeyError, OSError, RuntimeError) as exc:
-        print(f"conveyor-hf serve: {exc}", file=sys.stderr)
+        print(f"conveyor-hf serve: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
     return 0
 

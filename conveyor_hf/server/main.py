@@ -30,6 +30,7 @@ def serve(settings: ServerSettings, *, out: TextIO = sys.stderr, templates: "lis
     from conveyor_hf.server.runtime import ServerRuntime
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per remote-engine request
     print(f"conveyor-hf serve: loading {'the engine' if settings.remote else 'the model'} and starting "
           f"{settings.kernel_pool} kernels ...", file=out, flush=True)
     runtime = ServerRuntime.start(settings, templates=templates)

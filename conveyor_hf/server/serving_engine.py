@@ -132,7 +132,7 @@ def _remote(settings: ServerSettings) -> ServingEngine:
     tokenizer = load_tokenizer(settings.model, verbose=False)
     engine = RemoteEngine(settings.engine, model=name, api_key=settings.api_key)
     context = _remote_context_length(settings, name) or _context_length(None, tokenizer)
-    return ServingEngine(engine, tokenizer, settings.served_model_name or name, "remote", context)
+    return ServingEngine(engine, tokenizer, settings.served_model_name or _model_id(name), "remote", context)
 
 
 def _remote_context_length(settings: ServerSettings, name: str) -> int | None:
