@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from conftest import make_tiny_model
 
 from conveyor_hf.engines import ContinuousEngine, GenerateEngine
 from conveyor_hf.engines.continuous import ContinuousEngineError
@@ -31,16 +31,7 @@ def make_bigram_model(tokenizer, scripts, seed: int = 0):
     """A tiny Llama whose greedy output follows ``scripts`` token by token: each layer
     adds nothing to the residual stream, and the lm_head row of every scripted successor
     is aligned with its predecessor's normalised embedding."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.eos_token_id,
-    )
-    model = LlamaForCausalLM(config).eval()
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.eos_token_id
+    model = make_tiny_model(tokenizer, seed, hidden_size=64)
     with torch.no_grad():
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight.zero_()
