@@ -33,6 +33,12 @@ class Unit:
     error: str | None = None
     parent: str | None = None
 
+    @property
+    def argument(self) -> Any:
+        """What a one-argument tool acts on: the parsed ``value`` where the format has
+        one (a JSON member), else the unit's source ``text`` (a line, a statement)."""
+        return self.value if self.value is not None else self.text
+
 
 @runtime_checkable
 class IncrementalParser(Protocol):

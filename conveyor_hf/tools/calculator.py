@@ -305,7 +305,7 @@ class CalculatorTool(Tool):
                 f"calculator got an unknown argument {unit.key!r}; its only argument is "
                 "'expression', e.g. {\"expression\": \"2**10 / 3\"}"
             )
-        value = unit.value if unit.value is not None else unit.text
+        value = unit.argument
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = str(value)
         if not isinstance(value, str):

@@ -254,7 +254,7 @@ class SearchTool(Tool):
                 f"search got an unknown argument {unit.key!r}; its only argument is "
                 "'query', e.g. {\"query\": \"Mariana Trench\"}"
             )
-        value = unit.value if unit.value is not None else unit.text
+        value = unit.argument
         values = value if isinstance(value, list) else [value]
         if not all(isinstance(v, str) for v in values):
             return [], (

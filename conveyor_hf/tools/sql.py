@@ -383,7 +383,7 @@ class SQLTool(Tool):
                 f"sql got an unknown argument {unit.key!r}; its only argument is 'query', "
                 'e.g. {"query": "SELECT count(*) FROM t;"}'
             )
-        value = unit.value if unit.value is not None else unit.text
+        value = unit.argument
         if not isinstance(value, str):
             return [], f'sql query must be a string, got {value!r}; write {{"query": "SELECT …;"}}'
         statements = []
