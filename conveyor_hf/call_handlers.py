@@ -22,6 +22,7 @@ from parsers.unit import IncrementalParser, Unit
 
 from conveyor_hf.formats import ARGUMENT_KEYS, JSON_CALL, primary_argument, render_result, tool_turns_suffix
 from conveyor_hf.tools.base import Tool, ToolCall, ToolResult
+from conveyor_hf.tools.caller import CallerCall, CallerToolCall
 
 
 class CallHandler(abc.ABC):
@@ -36,12 +37,15 @@ class CallHandler(abc.ABC):
     ``at_turn_end``: the model goes on writing after the call's closer, and the result
     comes back when its turn ends (parallel tool calls in one turn); otherwise decoding
     stops at the closer and the result follows the call.
+    ``span`` is where the call's text (opener to closer) lies in the answer, set by the
+    conversation when the call closes.
     """
 
     syntax: CallSyntax
-    call: ToolCall | None = None
+    call: ToolCall | CallerCall | None = None
     unclosed: bool = False
     at_turn_end: bool = False
+    span: tuple[int, int] | None = None
 
     @abc.abstractmethod
     def feed(self, text: str) -> None:
@@ -69,6 +73,16 @@ class CallHandler(abc.ABC):
         """The name of the tool the call went to ("tool" if it reached none)."""
         tool = getattr(self, "tool", None)
         return tool.name if tool is not None else "tool"
+
+    @property
+    def for_caller(self) -> bool:
+        """Whether the call went to a tool the caller runs (nothing runs here)."""
+        return isinstance(self.call, CallerCall)
+
+    @property
+    def caller_request(self) -> CallerToolCall | None:
+        """The call to hand to the caller: a well-formed call of a caller tool, else None."""
+        return self.call.request if isinstance(self.call, CallerCall) and not self.failed else None
 
     def needs_closer(self, aborted: bool) -> CallSyntax | None:
         """The syntax whose closer the appended text must write first, if any."""
@@ -128,8 +142,8 @@ class UnitCallHandler(CallHandler):
 class JsonCallHandler(CallHandler):
     """One ``<tool_call>`` JSON call: the name opens the tool, arguments become units.
 
-    A tool whose own parser takes JSON members (``JsonObjectParser``) gets each argument
-    as a unit (``key`` = argument name). A tool whose parser splits text (Python
+    A tool that takes JSON arguments (``tool.json_arguments``) gets each argument as a
+    unit (``key`` = argument name). A tool whose parser splits text (Python
     statements, lines) gets its primary string argument split by that parser, so a
     ``code`` argument still runs statement by statement. Problems (malformed JSON, an
     unknown tool, a missing name) end the call with an error the model can read.
@@ -145,7 +159,7 @@ class JsonCallHandler(CallHandler):
 
     def __init__(
         self,
-        open_tool: Callable[[str], tuple[Tool, ToolCall] | None],
+        open_tool: Callable[[str], tuple[Tool, ToolCall | CallerCall] | None],
         tool_names: Sequence[str],
         syntax: CallSyntax = JSON_CALL,
         *,
@@ -292,9 +306,8 @@ class JsonCallHandler(CallHandler):
         if self._earlier is not None:
             threading.Thread(target=self._after, args=(self._earlier,), name=f"conveyor-{name}-order",
                              daemon=True).start()
-        probe = self.tool.make_parser()
-        if not isinstance(probe, JsonObjectParser):
-            self._text_parser = probe
+        if not self.tool.json_arguments:
+            self._text_parser = self.tool.make_parser()
         for unit in self.early:
             self._to_tool(unit)
         self.early.clear()

@@ -9,7 +9,9 @@ conversation), ``"abort"`` (a unit failed and ``on_error="abort"``), ``"eos"`` o
 ``"length"`` (the answer, or its budget, ended). After a stop the tool loop closes the
 round (:meth:`close_round`), finishes the calls (:meth:`finish_calls`: waits only for
 unfinished tool work and renders each result) and, if the answer goes on, appends the
-result (:meth:`append`) and asks the engine to resume from prompt + tokens.
+result (:meth:`append`) and asks the engine to resume from prompt + tokens. A round that
+called a tool the caller runs (:mod:`conveyor_hf.tools.caller`) ends the answer instead,
+with stop reason ``"tool_calls"`` and the calls in :attr:`Conversation.caller_calls`.
 
 Nothing here knows about ``model.generate``, HTTP or batches: the same object serves the
 ``generate`` engine (ids, one row of a batch) and remote engines (text deltas).
@@ -25,11 +27,13 @@ from parsers.calls import CallDetector, CallEvent
 
 from conveyor_hf.call_handlers import CallHandler, render_tool_turns, result_body
 from conveyor_hf.detokenizer import IncrementalDetokenizer
+from conveyor_hf.formats import render_result
 
 if TYPE_CHECKING:
     from conveyor_hf.tools.base import ToolResult
+    from conveyor_hf.tools.caller import CallerToolCall
 
-StopReason = Literal["call", "eos", "length", "abort", "error", "cancelled"]
+StopReason = Literal["call", "eos", "length", "abort", "error", "cancelled", "tool_calls"]
 
 #: Stop reasons after which the answer goes on once the call's result is appended.
 RESUMING: tuple[StopReason, ...] = ("call", "abort")
@@ -40,8 +44,9 @@ class ConversationRules:
     """What all conversations of one request share.
 
     ``open_call(conversation, event)`` returns the handler of a call that just opened;
-    ``eos_token_ids`` end an answer (token engines); ``on_text(row, text)`` sees every
-    kept text delta (streaming); ``abort_on_error`` stops a call at its first failed unit;
+    ``eos_token_ids`` end an answer (token engines); ``on_text(row, text)`` sees the
+    answer's text as the call detector releases it (streaming), without the text of calls
+    handed to the caller; ``abort_on_error`` stops a call at its first failed unit;
     once ``cancelled`` is set every conversation stops at its next token (the caller went
     away: a server's client disconnected).
     """
@@ -61,6 +66,9 @@ class Conversation:
     kept of each round and the ids appended after each call; ``pieces`` is the text of
     the answer (tool results included). ``generated`` counts decoded tokens over the
     whole answer against ``budget``. ``round_index`` counts the rounds it resumed.
+    ``caller_calls`` are the calls handed to the caller when the answer stopped with
+    ``"tool_calls"``; ``hidden_spans`` where the text of calls of caller tools lies in
+    ``text`` (they are not part of :attr:`content`).
     """
 
     row: int
@@ -82,17 +90,35 @@ class Conversation:
     ordered_calls: list["CallHandler"] = field(default_factory=list)
     turns: list[dict[str, Any]] = field(default_factory=list)
     turn_start: int = 0  # where the current assistant turn begins in ``text``
+    caller_calls: list["CallerToolCall"] = field(default_factory=list)
+    hidden_spans: list[tuple[int, int]] = field(default_factory=list)
+    _released: int = 0  # how much of ``text`` the call detector has released as events
+    _call_start: int = 0  # where the open call's opener begins in ``text``
+    _held: list[str] | None = None  # shown text of a JSON call whose tool is not known yet
+    _hiding: bool = False  # inside a call of a caller tool: not shown
 
     @property
     def text(self) -> str:
         """The answer so far, tool results included."""
         return "".join(self.pieces)
 
+    @property
+    def content(self) -> str:
+        """The answer as a chat client shows it: :attr:`text` without the calls of tools
+        the caller runs (those come back as ``tool_calls``)."""
+        return _without(self.text, self.hidden_spans)
+
     def messages(self) -> list[dict[str, Any]]:
         """The answer as chat messages: assistant turns (their text, native tool output
-        blocks included) and the ``tool`` turns that came back at each turn's end."""
-        tail = self.text[self.turn_start:]
-        return [*self.turns, {"role": "assistant", "content": tail}] if tail or not self.turns else list(self.turns)
+        blocks included) and the ``tool`` turns that came back at each turn's end; the
+        last assistant turn carries the ``tool_calls`` handed to the caller."""
+        tail = _without(self.text, self.hidden_spans, start=self.turn_start)
+        if not (tail or self.caller_calls or not self.turns):
+            return list(self.turns)
+        last: dict[str, Any] = {"role": "assistant", "content": tail}
+        if self.caller_calls:
+            last["tool_calls"] = [call.as_message_call() for call in self.caller_calls]
+        return [*self.turns, last]
 
     @property
     def resumes(self) -> bool:
@@ -150,15 +176,14 @@ class Conversation:
         Token engines feed one token's text: what follows a call's closer inside the same
         token is kept as plain text (``cut_after_call=False``).
         """
-        rules = self._rules()
         events = self.detector.feed(text)
         if cut_after_call:
-            text = self._cut_after_close(text, events)
+            text, events = self._cut_after_close(text, events)
         self.pieces.append(text)
-        if rules.on_text is not None and text:
-            rules.on_text(self.row, text)
         for event in events:
-            self._dispatch(event)
+            at = self._released
+            self._released += len(event.text)
+            self._dispatch(event, at)
 
     def end_of_text(self) -> None:
         """No more text this round: flush held text and close a call left open."""
@@ -167,7 +192,9 @@ class Conversation:
             self.feed_text(rest)
         if self.stop != "call" and self.detector.in_call:
             for event in self.detector.close():
-                self._dispatch(event)
+                at = self._released
+                self._released += len(event.text)
+                self._dispatch(event, at)
 
     # -- after a stop ------------------------------------------------------------------
     def close_round(self, new_ids: Sequence[int], *, eos_token_last: bool) -> int:
@@ -180,7 +207,7 @@ class Conversation:
         that EOS id (token engines) or the engine only reported it (text engines).
         """
         self.end_of_text()
-        self.dropped_eos = self.stop == "eos" and any(
+        self.dropped_eos = self.stop == "eos" and not self._hands_over() and any(
             h.unclosed or getattr(h, "at_turn_end", False) for h in self.handlers)
         drop = int(self.dropped_eos and eos_token_last)
         kept = list(new_ids[: len(new_ids) - drop])
@@ -196,16 +223,32 @@ class Conversation:
         Results of calls that stopped decoding follow their call; results that come at the
         turn's end (JSON calls of one turn) follow, together, in call order. ``on_result``
         sees each handler with its result (to record it in the timeline).
+
+        A round that called tools the caller runs ends the answer (stop reason
+        ``"tool_calls"``): the calls go to :attr:`caller_calls`, and the results of this
+        round's own tools are appended as output blocks in the assistant's turn (a client
+        that sends the turn back sends them with it).
         """
         if not self.handlers:
             return None
         aborted = self.stop == "abort"
+        handing_over = self._hands_over()
         finished = []
         for handler in self.handlers:
+            if handing_over and handler.caller_request is not None:
+                self.caller_calls.append(handler.caller_request)
+                continue
             result = handler.finish(aborted=aborted)
             if on_result is not None:
                 on_result(handler, result)
             finished.append((handler, result))
+        if handing_over:
+            self.stop = "tool_calls"
+            appended = ""
+            for handler, result in finished:
+                appended += render_result(result, self.text + appended, unclosed=handler.needs_closer(aborted))
+            self.pieces.append(appended)
+            return appended
         appended = ""
         for handler, result in finished:
             if not handler.at_turn_end:
@@ -226,6 +269,7 @@ class Conversation:
         counted against the budget; decoding resumes after it."""
         self.tokens.extend(ids)
         self.detector.skip(text)
+        self._released = len(self.text)
         self.detokenizer.restart(self.prompt + self.tokens)
         self.round_index += 1
 
@@ -235,26 +279,76 @@ class Conversation:
             raise RuntimeError(f"conversation {self.row} has no rules; the engine must bind them before decoding")
         return self.rules
 
-    def _dispatch(self, event: CallEvent) -> None:
-        if self.stop == "call":  # text after the closer in the same delta: kept as text only
+    def _hands_over(self) -> bool:
+        """Whether this round ends the answer by handing calls to the caller: it called a
+        caller tool well, and the turn ended (``eos``) or a call stopped decoding."""
+        return self.stop in ("eos", "call") and any(
+            getattr(h, "caller_request", None) is not None for h in self.handlers)
+
+    def _dispatch(self, event: CallEvent, at: int) -> None:
+        """Route one detector event (it starts at ``at`` in :attr:`text`), then show it."""
+        handler = self.handler
+        if self.stop == "call":  # text after the closer in the same token: kept as text only
+            self._show(event.text)
             return
         if event.kind == "open":
-            self.handler = self._rules().open_call(self, event)
-            self.handlers.append(self.handler)
-        elif event.kind == "body" and self.handler is not None:
-            self.handler.feed(event.text)
-        elif event.kind == "close" and self.handler is not None:
-            handler, self.handler = self.handler, None
+            handler = self.handler = self._rules().open_call(self, event)
+            self.handlers.append(handler)
+            self._call_start = at
+            if event.syntax is not None and event.syntax.json_body:
+                self._held = []  # shown once its tool is known not to be the caller's
+        elif event.kind == "body" and handler is not None:
+            handler.feed(event.text)
+        elif event.kind == "close" and handler is not None:
+            self.handler = None
             handler.close(event.closed)
+            handler.span = (self._call_start, at + len(event.text))
+            if getattr(handler, "for_caller", False):
+                self.hidden_spans.append(handler.span)
             if event.closed and not getattr(handler, "at_turn_end", False):
                 self.stop = "call"
+        self._show_call_text(event, handler)
 
-    def _cut_after_close(self, text: str, events: list[CallEvent]) -> str:
-        """``text`` up to the end of the first closer it completes (all of it if none)."""
+    def _show_call_text(self, event: CallEvent, handler: CallHandler | None) -> None:
+        """Show ``event``'s text unless it belongs to a call of a caller tool; a JSON call's
+        text is held until its tool is known."""
+        if self._held is not None:
+            self._held.append(event.text)
+            if getattr(handler, "for_caller", False):
+                self._held, self._hiding = None, True
+            elif handler is None or event.kind == "close" or getattr(handler, "tool", None) is not None \
+                    or getattr(handler, "error", None) is not None:
+                held, self._held = "".join(self._held), None
+                self._show(held)
+        elif not self._hiding:
+            self._show(event.text)
+        if event.kind == "close":
+            self._held, self._hiding = None, False
+
+    def _show(self, text: str) -> None:
+        on_text = self._rules().on_text
+        if on_text is not None and text:
+            on_text(self.row, text)
+
+    def _cut_after_close(self, text: str, events: list[CallEvent]) -> tuple[str, list[CallEvent]]:
+        """``text`` up to the end of the first closer it completes (all of it if none), and
+        the events up to that closer."""
         if self.stop == "call":
-            return text
+            return text, events
         for at, event in enumerate(events):
             if event.kind == "close" and event.closed:
                 after = sum(len(e.text) for e in events[at + 1:]) + self.detector.drop_held()
-                return text[: max(0, len(text) - after)]
-        return text
+                return text[: max(0, len(text) - after)], events[: at + 1]
+        return text, events
+
+
+def _without(text: str, spans: Sequence[tuple[int, int]], *, start: int = 0) -> str:
+    """``text[start:]`` with the ``spans`` (offsets into ``text``) cut out."""
+    kept, at = [], start
+    for begin, end in sorted(spans):
+        if end <= at:
+            continue
+        kept.append(text[at:max(at, begin)])
+        at = end
+    kept.append(text[at:])
+    return "".join(kept)

@@ -20,12 +20,13 @@ The handlers that connect a call's body text to its tool live in
 from __future__ import annotations
 
 import importlib
+import json
 from typing import Any, Iterable, Sequence
 
 from parsers.calls import CallSyntax, fence_syntax, tag_syntax
-from parsers.json_object import JsonObjectParser
 
 from conveyor_hf.tools.base import Tool, ToolResult
+from conveyor_hf.tools.caller import CallerTool
 
 #: The info string of the block that carries a tool's output back to the model.
 OUTPUT_FENCE = "output"
@@ -45,31 +46,42 @@ def syntaxes_for(tool: Tool) -> list[CallSyntax]:
     return [tag_syntax(tool.name, f"<{tool.name}>", f"</{tool.name}>")]
 
 
-def describe_call(tool: Tool) -> str:
+def describe_call(tool: Tool | CallerTool) -> str:
     """One line telling the model how to call ``tool`` (used in the system prompt)."""
+    if isinstance(tool, CallerTool):  # reached by JSON calls only
+        how = (f'write {JSON_CALL.opener}{{"name": "{tool.name}", "arguments": {{...JSON arguments...}}}}'
+               f"{JSON_CALL.closer}")
+        about = f"{tool.description.strip()} " if tool.description.strip() else ""
+        return f"- {tool.name}: {about}To use it, {how}."
     syntax = syntaxes_for(tool)[0]
     if syntax.kind == "fence":
         how = f"write a ```{syntax.languages[0]} code block"
-    elif isinstance(tool.make_parser(), JsonObjectParser):
+    elif tool.json_arguments:
         how = f"write {syntax.opener}{{...JSON arguments...}}{syntax.closer}"
     else:
         how = f"write {syntax.opener} on its own line, then one input per line, then {syntax.closer}"
     return f"- {tool.name}: {tool.description.strip()} To use it, {how}."
 
 
-def tool_instructions(tools: Sequence[Tool], *, json_calls: bool = False) -> str:
-    """A system-prompt paragraph describing the tools and how their results come back."""
+def tool_instructions(tools: Sequence[Tool], *, json_calls: bool = False,
+                      caller_tools: Sequence[CallerTool] = ()) -> str:
+    """A system-prompt paragraph describing the tools and how their results come back.
+    ``caller_tools`` are the caller's functions: their results come back as tool messages."""
     lines = ["You can use these tools:"]
-    lines += [describe_call(tool) for tool in tools]
-    if json_calls:
+    lines += [describe_call(tool) for tool in [*tools, *caller_tools]]
+    if json_calls and tools:
         lines.append(
             'You can also call any tool as <tool_call>{"name": "<tool>", "arguments": {...}}</tool_call> '
             "with the arguments of its JSON schema."
         )
-    lines.append(
-        f"Each call runs while you write it; its result appears right after it in an "
-        f"```{OUTPUT_FENCE} block. Use the result to answer."
-    )
+    if tools:
+        lines.append(
+            f"Each call runs while you write it; its result appears right after it in an "
+            f"```{OUTPUT_FENCE} block. Use the result to answer."
+        )
+    if caller_tools:
+        names = ", ".join(tool.name for tool in caller_tools)
+        lines.append(f"The results of {names} come back in a tool message after your turn ends.")
     return "\n".join(lines)
 
 
@@ -87,6 +99,20 @@ def render_result(result: ToolResult, text_so_far: str, *, unclosed: CallSyntax 
         body = "(no output)"
     lead = "" if text_so_far.endswith("\n") else "\n"
     return f"{prefix}{lead}```{OUTPUT_FENCE}\n{body}\n```\n"
+
+
+def call_text(name: str, arguments: Any) -> str:
+    """A JSON call of ``name`` as the model writes it (``arguments``: an object, or its
+    JSON text as the OpenAI API sends it)."""
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError:
+            pass  # written as sent: the model sees what the caller gave
+    if isinstance(arguments, str):
+        return f'{JSON_CALL.opener}{{"name": {json.dumps(name)}, "arguments": {arguments}}}{JSON_CALL.closer}'
+    body = json.dumps({"name": name, "arguments": arguments if arguments is not None else {}}, ensure_ascii=False)
+    return f"{JSON_CALL.opener}{body}{JSON_CALL.closer}"
 
 
 def primary_argument(tool: Tool) -> str | None:

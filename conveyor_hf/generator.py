@@ -32,14 +32,15 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 import torch
 from transformers import GenerationConfig
 
+from conveyor_hf.call_log import MODES, Mode
 from conveyor_hf.engines.base import Engine
 from conveyor_hf.engines.generate import GenerateEngine
-from conveyor_hf.formats import JSON_CALL, tool_instructions, unique_syntaxes
+from conveyor_hf.formats import JSON_CALL, call_text, tool_instructions, unique_syntaxes
 from conveyor_hf.loop import ToolLoop
 from conveyor_hf.outputs import ConveyorOutput, StreamEvent
-from conveyor_hf.scheduler import MODES, Mode
 from conveyor_hf.streaming import ConveyorStream, StreamerBridge
 from conveyor_hf.tools.base import Tool
+from conveyor_hf.tools.caller import CallerTool
 
 __all__ = ["ConveyorGenerator", "ConveyorOutput", "StreamEvent", "DEFAULT_MAX_NEW_TOKENS"]
 
@@ -58,7 +59,12 @@ class ConveyorGenerator:
         :class:`~conveyor_hf.engines.Engine` (e.g. ``RemoteEngine(url, model=...)``).
       tokenizer: its tokenizer; found from ``model.name_or_path`` when omitted (required
         with a remote engine: the client renders the chat template itself).
-      tools: tool instances; each is called by its own syntax (``conveyor_hf.formats``).
+      tools: tool instances, run here while the model decodes; each is called by its own
+        syntax (``conveyor_hf.formats``). A function schema (``{"type": "function",
+        "function": {"name", "description", "parameters"}}``, as chat templates and the
+        OpenAI API take them) is a tool the *caller* runs: a call of it ends the answer
+        with stop reason ``"tool_calls"`` and the call in ``ConveyorOutput.caller_calls``;
+        send its result back as a ``tool`` message and generate again.
       mode: ``"partial"`` runs each unit as soon as it is decoded; ``"lazy"`` (the
         baseline) runs a call's units when the call closes.
       max_tool_rounds: tool calls per answer before the loop stops re-prompting.
@@ -106,15 +112,15 @@ class ConveyorGenerator:
                 )
             tokenizer = _find_tokenizer(self.model)
         self.tokenizer = tokenizer
-        self.tools: list[Tool] = list(tools)
-        for tool in self.tools:
-            if not isinstance(tool, Tool):
-                raise TypeError(f"tools must be conveyor_hf.tools.Tool instances, got {tool!r}")
-        names = [t.name for t in self.tools]
+        self.tools, self.caller_tools = _split_tools(tools)
+        names = [t.name for t in [*self.tools, *self.caller_tools]]
         if len(set(names)) != len(names):
             raise ValueError(f"tool names must be unique, got {names}")
+        if self.caller_tools and not json_calls:
+            raise ValueError("function schemas in tools are called as <tool_call> JSON calls; they cannot be "
+                             "combined with json_calls=False")
         self.syntaxes = unique_syntaxes(self.tools)
-        self.json_calls = json_calls and bool(self.tools)
+        self.json_calls = json_calls and bool(self.tools or self.caller_tools)
         if self.json_calls:
             self.syntaxes.append(JSON_CALL)
         self.mode: Mode = mode
@@ -149,10 +155,10 @@ class ConveyorGenerator:
     # -- inputs ----------------------------------------------------------------------
     def build_messages(self, messages: Messages) -> Messages:
         """Chat messages with the tool instructions added to (or as) the system message."""
-        if not self.tools or self.tool_prompt is False:
+        if not (self.tools or self.caller_tools) or self.tool_prompt is False:
             return list(messages)
         note = (self.tool_prompt if isinstance(self.tool_prompt, str)
-                else tool_instructions(self.tools, json_calls=self.json_calls))
+                else tool_instructions(self.tools, json_calls=self.json_calls, caller_tools=self.caller_tools))
         messages = [dict(m) for m in messages]
         if messages and messages[0].get("role") == "system":
             messages[0]["content"] = f"{messages[0]['content']}\n\n{note}"
@@ -210,10 +216,11 @@ class ConveyorGenerator:
         extra = {}
         template = self.tokenizer.chat_template
         if self.json_calls and isinstance(template, str) and "tools" in template:
-            extra["tools"] = [tool.schema() for tool in self.tools]  # the template renders them
-        return self.tokenizer.apply_chat_template(
-            self.build_messages(messages), tokenize=False, add_generation_prompt=True, **extra
-        )
+            extra["tools"] = [tool.schema() for tool in [*self.tools, *self.caller_tools]]  # the template renders them
+        messages = self.build_messages(messages)
+        if not (isinstance(template, str) and "tool_calls" in template):
+            messages = _calls_as_text(messages)
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
 
     # -- the loop --------------------------------------------------------------------
     def generate(
@@ -286,6 +293,7 @@ class ConveyorGenerator:
             started=started,
             cancel=cancel,
             parallel_tool_calls=self.parallel_tool_calls,
+            caller_tools=self.caller_tools,
         )
         if replay is not None:
             loop.replay(replay)
@@ -369,3 +377,37 @@ def _find_tokenizer(model):
             f"no tokenizer given and AutoTokenizer.from_pretrained({name!r}) failed ({exc}); "
             "pass ConveyorGenerator(model, tokenizer)"
         ) from exc
+
+
+def _split_tools(tools: Iterable[Any]) -> tuple[list[Tool], list[CallerTool]]:
+    """The tools run here and the tools the caller runs (function schemas)."""
+    own: list[Tool] = []
+    callers: list[CallerTool] = []
+    for tool in tools:
+        if isinstance(tool, Tool):
+            own.append(tool)
+        elif isinstance(tool, CallerTool):
+            callers.append(tool)
+        elif isinstance(tool, dict):
+            callers.append(CallerTool.from_schema(tool))
+        else:
+            raise TypeError(
+                "tools must be conveyor_hf.tools.Tool instances (run here; wrap a function with "
+                "conveyor_hf.tools.tool) or function schema dicts (run by the caller), got "
+                f"{tool!r}"
+            )
+    return own, callers
+
+
+def _calls_as_text(messages: Messages) -> Messages:
+    """Messages whose assistant ``tool_calls`` are written into the content as
+    ``<tool_call>`` JSON calls, for chat templates that render only the content."""
+    out = []
+    for message in messages:
+        calls = message.get("tool_calls") if message.get("role") == "assistant" else None
+        if calls:
+            message = {key: value for key, value in message.items() if key != "tool_calls"}
+            message["content"] = (message.get("content") or "") + "".join(
+                call_text(call["function"]["name"], call["function"].get("arguments")) for call in calls)
+        out.append(message)
+    return out

@@ -20,13 +20,14 @@ from transformers import GenerationConfig, LogitsProcessorList
 from parsers.calls import CallDetector, CallEvent, CallSyntax
 
 from conveyor_hf.call_handlers import CallHandler, JsonCallHandler, UnitCallHandler
+from conveyor_hf.call_log import CallLog, Mode
 from conveyor_hf.conversation import Conversation, ConversationRules
 from conveyor_hf.detokenizer import IncrementalDetokenizer
 from conveyor_hf.outputs import ConveyorOutput, StreamEvent
 from conveyor_hf.replay import ReplayLogitsProcessor
-from conveyor_hf.scheduler import Mode, Scheduler
 from conveyor_hf.timeline import RoundRecord, Timeline
 from conveyor_hf.tools.base import SideEffect, Tool, ToolResult
+from conveyor_hf.tools.caller import CallerCall, CallerTool
 
 #: Side-effect classes whose calls of one turn run in call order.
 ORDERED = (SideEffect.STATEFUL, SideEffect.MUTATING)
@@ -65,9 +66,11 @@ class ToolLoop:
         started: float | None = None,
         cancel: threading.Event | None = None,
         parallel_tool_calls: bool = True,
+        caller_tools: Sequence[CallerTool] = (),
     ) -> None:
         self.tokenizer = tokenizer
         self.tools_for_row = tools_for_row
+        self.caller_tools = {tool.name: tool for tool in caller_tools}
         self.input_ids, self.attention_mask = input_ids, attention_mask
         self.config, self.extra, self.cache = config, extra, cache
         self.eos_token_ids = frozenset(eos_token_ids)
@@ -77,7 +80,7 @@ class ToolLoop:
         self.timeline = Timeline(start=started if started is not None else time.perf_counter(), mode=mode)
         self.notify = stream or (lambda event: None)
         # Without a stream callback nothing is built per text delta or unit (hot path).
-        self.scheduler = Scheduler(
+        self.scheduler = CallLog(
             self.timeline, mode,
             on_unit_done=None if stream is None else (
                 lambda row, name, rec: stream(StreamEvent("unit", row, rec.output, name, rec))),
@@ -198,6 +201,8 @@ class ToolLoop:
             stop_reasons=[c.stop or "length" for c in self.conversations],
             errors=[c.error for c in self.conversations],
             messages=[c.messages() for c in self.conversations],
+            caller_calls=[list(c.caller_calls) for c in self.conversations],
+            contents=[c.content for c in self.conversations],
         )
 
     # -- internals ---------------------------------------------------------------------
@@ -209,6 +214,8 @@ class ToolLoop:
             lazy_turn = self.parallel_tool_calls and self.mode == "lazy"  # runs them in order at the end
 
             def open_tool(name: str):
+                if name in self.caller_tools:  # nothing runs here: the call is handed back
+                    return self.caller_tools[name], CallerCall(self.caller_tools[name])
                 tool = tools[name]
                 call = self.scheduler.open(conv.row, conv.round_index, tool)
                 if self.parallel_tool_calls and not lazy_turn and tool.side_effect in ORDERED:
@@ -216,7 +223,7 @@ class ToolLoop:
                     conv.ordered_calls.append(handler)
                 return tool, call
 
-            handler = JsonCallHandler(open_tool, list(tools), event.syntax,
+            handler = JsonCallHandler(open_tool, [*tools, *self.caller_tools], event.syntax,
                                       at_turn_end=self.parallel_tool_calls, hold_until_finish=lazy_turn)
             return handler
         tool = tools[event.tool]
@@ -224,7 +231,7 @@ class ToolLoop:
         return UnitCallHandler(tool, call, tool.make_parser(), event.syntax)
 
     def _record(self, handler: CallHandler, result: ToolResult) -> None:
-        if handler.call is not None:
+        if handler.call is not None and not handler.for_caller:
             self.scheduler.finish(handler.call, result)
 
 

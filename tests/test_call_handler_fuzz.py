@@ -30,6 +30,7 @@ ARGUMENTS = st.dictionaries(st.text("abcdefgh_", min_size=1, max_size=6), VALUES
 class Recorder(Tool):
     name = "record"
     side_effect = SideEffect.PURE
+    json_arguments = True
 
     def make_parser(self):
         return JsonObjectParser()

@@ -211,9 +211,15 @@ def test_bad_requests_get_a_clear_4xx_and_the_server_stays_up(server):
     api = client(server, max_retries=0)
     with pytest.raises(openai.BadRequestError, match="unknown field 'top_k'"):
         api.chat.completions.create(**ok, extra_body={"top_k": 5})
-    with pytest.raises(openai.BadRequestError, match="client tools are not supported yet"):
+    with pytest.raises(openai.BadRequestError, match=r"tools\[0\]: a function tool needs a non-empty string 'name'"):
         api.chat.completions.create(**ok, tools=[{"type": "function", "function": {
-            "name": "get_weather", "parameters": {"type": "object", "properties": {}}}}])
+            "parameters": {"type": "object", "properties": {}}}}])
+    with pytest.raises(openai.BadRequestError, match="'python' is a tool this server runs itself"):
+        api.chat.completions.create(**ok, tools=[{"type": "function", "function": {"name": "python"}}])
+    with pytest.raises(openai.BadRequestError, match="tool_choice='required' cannot be honoured"):
+        api.chat.completions.create(**ok, tools=[WEATHER], tool_choice="required")
+    with pytest.raises(openai.BadRequestError, match="deprecated form of tools"):
+        api.chat.completions.create(**ok, functions=[{"name": "f", "parameters": {}}])
     with pytest.raises(openai.BadRequestError, match="cannot honour 'n'"):
         api.chat.completions.create(**ok, n=2)
     with pytest.raises(openai.BadRequestError, match="'seed'.*remote engine"):
@@ -234,6 +240,50 @@ def test_bad_requests_get_a_clear_4xx_and_the_server_stays_up(server):
     assert metrics(server)['conveyor_requests_total{outcome="invalid"}'] >= 10
     assert httpx.get(server.root + "/v1/models", timeout=10).json()["data"][0]["id"] == MODEL
     assert api.chat.completions.create(**ok).choices[0].message.content
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "weather", "description": "Get the current weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+#: One exchange that shows the default model how the client's tool is called (it copies the shape).
+EXAMPLE = [
+    {"role": "user", "content": "Weather in Rome?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Rome"}'}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "21 C, sunny"},
+    {"role": "assistant", "content": "It is 21 C and sunny in Rome."},
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("streaming", [False, True])
+def test_the_clients_own_tools_come_back_as_tool_calls(server, streaming):
+    api = client(server, max_retries=0)
+    messages = [*EXAMPLE, {"role": "user", "content": "Weather in Paris?"}]
+    if streaming:
+        content, calls, finish = "", {}, None
+        for chunk in api.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER], max_tokens=40,
+                                                 stream=True):
+            delta = chunk.choices[0].delta
+            content += delta.content or ""
+            for call in delta.tool_calls or []:
+                calls[call.index] = call
+            finish = chunk.choices[0].finish_reason or finish
+        calls = [calls[i] for i in sorted(calls)]
+    else:
+        choice = api.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER], max_tokens=40).choices[0]
+        content, calls, finish = choice.message.content or "", choice.message.tool_calls, choice.finish_reason
+    assert finish == "tool_calls" and "tool_call" not in content
+    [call] = calls
+    assert call.function.name == "weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+    assert call.id and call.type == "function"
+    # The client runs it and sends the result back: the model answers from it.
+    messages += [{"role": "assistant", "content": None, "tool_calls": [
+                     {"id": call.id, "type": "function",
+                      "function": {"name": "weather", "arguments": call.function.arguments}}]},
+                 {"role": "tool", "tool_call_id": call.id, "content": "14 C, rain"}]
+    answer = api.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER], max_tokens=12).choices[0]
+    assert answer.finish_reason in ("stop", "length") and answer.message.content and not answer.message.tool_calls
 
 
 @pytest.mark.slow

@@ -1,8 +1,7 @@
 """``ChatCompletionHandler``: ``POST /v1/chat/completions``, from request to answer.
 
 1. Parse and validate (:mod:`~conveyor_hf.server.validation`): malformed JSON, unknown
-   fields and fields this server cannot honour are refused with a 400 naming them;
-   client ``tools`` are refused until the tool loop can hand calls back to the caller.
+   fields and fields this server cannot honour are refused with a 400 naming them.
 2. Render and tokenize the prompt; a prompt that does not fit the context is a 400.
 3. Admission: wait for a slot, or 429 with ``Retry-After`` when the queue is full.
 4. Run ``generate`` on its own thread (:class:`~conveyor_hf.server.generation_run.
@@ -10,9 +9,11 @@
    kernel from the pool); stream content deltas as SSE, or answer once with a
    ``ChatCompletion``.
 
-The content a client receives is exactly ``ConveyorOutput.text``: the model's text and
+The content a client receives is exactly ``ConveyorOutput.content``: the model's text and
 the tool results as they were appended (the last chunk completes it if the stream ever
-fell behind). A client that disconnects — while queued, waiting for a kernel, or
+fell behind). Calls of the client's own ``tools`` are not content: they end the answer
+and come back as ``tool_calls`` with ``finish_reason: "tool_calls"`` for the client to
+run, while the server's tools run server-side in the same answer. A client that disconnects — while queued, waiting for a kernel, or
 mid-answer — cancels its request at once: decoding stops at the next token, its tools
 are killed, its slot goes to the next request and its kernel is replaced.
 """
@@ -67,13 +68,14 @@ class ChatCompletionHandler:
         self.admission = admission
         self.metrics = metrics
         self.prompts = prompts
-        self.policy = RequestPolicy(model_id=serving.model_id, remote=serving.remote)
+        self.policy = RequestPolicy(model_id=serving.model_id, remote=serving.remote,
+                                    server_tools=tuple(tool.name for tool in templates))
 
     async def handle(self, request: Request) -> Response:
         """One request, answered with JSON, an SSE stream, or an OpenAI-shaped error."""
         try:
             chat = validate_request(await _json_body(request), self.policy)
-            prompt = self.prompts.build(chat.messages, chat.max_tokens)
+            prompt = self.prompts.build(chat.messages, chat.max_tokens, chat.tools)
         except APIError as exc:
             self.metrics.count("invalid")
             return exc.response()
@@ -92,7 +94,7 @@ class ChatCompletionHandler:
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         run = GenerationRun(
             serving=self.serving, tools=tools, prompt=prompt, generate_kwargs=chat.generate_kwargs,
-            mode=self.settings.mode, max_tool_rounds=self.settings.max_tool_rounds, stream=chat.stream,
+            client_tools=chat.tools, parallel_tool_calls=chat.parallel_tool_calls, mode=self.settings.mode, max_tool_rounds=self.settings.max_tool_rounds, stream=chat.stream,
             loop=asyncio.get_running_loop(), on_end=lambda r: self._ended(r, received, admitted), name=request_id[-8:],
         )
         run.start()
@@ -161,11 +163,14 @@ class ChatCompletionHandler:
                         sent: str, prompt_tokens: int) -> list[str]:
         output, model = end.output, self.serving.model_id
         events = []
-        if output.text != sent:
-            if output.text.startswith(sent):
-                events.append(chunks.chunk_event(request_id, model, created, content=output.text[len(sent):]))
+        content = output.content
+        if content != sent:
+            if content.startswith(sent):
+                events.append(chunks.chunk_event(request_id, model, created, content=content[len(sent):]))
             else:
                 logger.warning("%s: the streamed content is not a prefix of the answer", request_id)
+        if output.caller_calls and output.caller_calls[0]:
+            events.append(chunks.tool_calls_event(request_id, model, created, output.caller_calls[0]))
         events.append(chunks.chunk_event(request_id, model, created, finish=chunks.finish_reason(output),
                                          extension=chunks.timeline_extension(output)))
         if chat.include_usage:

@@ -2,7 +2,8 @@
 
 A streamed answer is ``data: <ChatCompletionChunk JSON>`` events: the role first, then
 content deltas (the model's text and the tool results, in the order they are appended),
-a last chunk with ``finish_reason``, an optional usage chunk (``stream_options.
+the calls of the client's tools (one chunk, when the answer ends with them), a last
+chunk with ``finish_reason``, an optional usage chunk (``stream_options.
 include_usage``) and ``data: [DONE]``, the shape the ``openai`` client parses.
 
 Each answer also carries a ``conveyor`` field (the types allow extra fields) with its
@@ -20,19 +21,23 @@ from typing import Any
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
 from openai.types.chat.chat_completion import Choice
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
-from openai.types.chat.chat_completion_chunk import ChoiceDelta
+from openai.types.chat.chat_completion_chunk import ChoiceDelta, ChoiceDeltaToolCall
+from openai.types.chat.chat_completion_message_tool_call import ChatCompletionMessageToolCall
 from openai.types.completion_usage import CompletionUsage
 
 from conveyor_hf.outputs import ConveyorOutput
+from conveyor_hf.tools.caller import CallerToolCall
 
 #: How the tool loop's stop reasons read as OpenAI ``finish_reason`` s.
-FINISH_REASONS = {"eos": "stop", "length": "length", "call": "length", "abort": "stop", "cancelled": "stop"}
+FINISH_REASONS = {"eos": "stop", "length": "length", "call": "length", "abort": "stop", "cancelled": "stop",
+                  "tool_calls": "tool_calls"}
 
 DONE = "data: [DONE]\n\n"
 
 
 def finish_reason(output: ConveyorOutput) -> str:
-    """``stop`` (the answer ended), ``length`` (a token or tool-round limit ended it)."""
+    """``stop`` (the answer ended), ``length`` (a token or tool-round limit ended it),
+    ``tool_calls`` (the client's tools are to run)."""
     return FINISH_REASONS.get(output.stop_reasons[0] if output.stop_reasons else "length", "stop")
 
 
@@ -64,7 +69,11 @@ def timeline_extension(output: ConveyorOutput) -> dict[str, Any]:
 
 def completion(request_id: str, model: str, output: ConveyorOutput, prompt_tokens: int) -> dict[str, Any]:
     """The non-streaming answer: a ``ChatCompletion`` as a JSON-ready dict."""
-    message = ChatCompletionMessage(role="assistant", content=output.text)
+    calls = output.caller_calls[0] if output.caller_calls else []
+    message = ChatCompletionMessage(
+        role="assistant", content=output.content if output.content or not calls else None,
+        tool_calls=[ChatCompletionMessageToolCall.model_validate(call.as_openai()) for call in calls] or None,
+    )
     body = ChatCompletion(
         id=request_id, created=int(time.time()), model=model, object="chat.completion",
         choices=[Choice(index=0, message=message, finish_reason=finish_reason(output))],
@@ -83,6 +92,17 @@ def chunk_event(request_id: str, model: str, created: int, *, content: str | Non
         choices=[ChunkChoice(index=0, delta=ChoiceDelta(content=content, role=role), finish_reason=finish)],
     )
     return _event(chunk, extension)
+
+
+def tool_calls_event(request_id: str, model: str, created: int, calls: list[CallerToolCall]) -> str:
+    """The chunk that hands the client its tool calls, each complete, by ``index``."""
+    deltas = [ChoiceDeltaToolCall.model_validate({"index": index, **call.as_openai()})
+              for index, call in enumerate(calls)]
+    chunk = ChatCompletionChunk(
+        id=request_id, created=created, model=model, object="chat.completion.chunk",
+        choices=[ChunkChoice(index=0, delta=ChoiceDelta(tool_calls=deltas), finish_reason=None)],
+    )
+    return _event(chunk, None)
 
 
 def usage_event(request_id: str, model: str, created: int, prompt_tokens: int, output: ConveyorOutput) -> str:

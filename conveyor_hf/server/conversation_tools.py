@@ -21,7 +21,7 @@ from parsers.unit import IncrementalParser, Unit
 
 #: Attributes a stand-in copies from its template: how the tool is shown and called.
 _PRESENTATION = ("name", "description", "parameters", "side_effect", "fence_languages", "allow_early",
-                 "max_concurrency", "stop_on_error", "run_malformed", "timeout")
+                 "max_concurrency", "stop_on_error", "run_malformed", "timeout", "json_arguments")
 
 #: Seconds a first call waits for a started instance before it fails.
 TAKE_TIMEOUT = 120.0

@@ -16,13 +16,14 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from conveyor_hf.generator import ConveyorGenerator
 from conveyor_hf.outputs import ConveyorOutput, StreamEvent
 from conveyor_hf.server.conversation_tools import ConversationTools
 from conveyor_hf.server.prompts import Prompt
 from conveyor_hf.server.serving_engine import ServingEngine
+from conveyor_hf.tools.caller import CallerTool
 
 
 class AnswerFailed(RuntimeError):
@@ -52,14 +53,18 @@ class GenerationRun:
 
     Streaming: ``events`` receives :class:`Delta` s, then one :class:`Finished` or
     :class:`Failed`. Otherwise ``result`` resolves to the output (or raises).
+    ``client_tools`` are the client's functions (their calls end the answer);
+    ``parallel_tool_calls`` None keeps the generator's default.
     ``on_end(run)`` runs on the event loop once the thread is done, to give back its
     slot and tools.
     """
 
     def __init__(self, *, serving: ServingEngine, tools: ConversationTools, prompt: Prompt,
                  generate_kwargs: dict[str, Any], mode: str, max_tool_rounds: int, stream: bool,
-                 loop: asyncio.AbstractEventLoop, on_end: Callable[["GenerationRun"], None], name: str) -> None:
+                 loop: asyncio.AbstractEventLoop, on_end: Callable[["GenerationRun"], None], name: str,
+                 client_tools: Sequence[CallerTool] = (), parallel_tool_calls: bool | None = None) -> None:
         self.serving, self.tools, self.prompt = serving, tools, prompt
+        self.client_tools, self.parallel_tool_calls = list(client_tools), parallel_tool_calls
         self.generate_kwargs = generate_kwargs
         self.mode, self.max_tool_rounds = mode, max_tool_rounds
         self.streaming = stream
@@ -91,8 +96,10 @@ class GenerationRun:
     def _run(self) -> None:
         item: Finished | Failed
         try:
-            gen = ConveyorGenerator(self.serving.engine, self.serving.tokenizer, tools=self.tools.tools,
-                                    mode=self.mode, max_tool_rounds=self.max_tool_rounds)
+            options = {} if self.parallel_tool_calls is None else {"parallel_tool_calls": self.parallel_tool_calls}
+            gen = ConveyorGenerator(self.serving.engine, self.serving.tokenizer,
+                                    tools=[*self.tools.tools, *self.client_tools], mode=self.mode,
+                                    max_tool_rounds=self.max_tool_rounds, **options)
             self.output = gen.generate(input_ids=self.prompt.input_ids, max_new_tokens=self.prompt.max_tokens,
                                        stream=self._on_event if self.streaming else None, cancel=self.cancel,
                                        **self.generate_kwargs)

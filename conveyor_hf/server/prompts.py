@@ -20,6 +20,7 @@ from conveyor_hf.generator import ConveyorGenerator
 from conveyor_hf.server.errors import APIError
 from conveyor_hf.server.serving_engine import ServingEngine
 from conveyor_hf.tools.base import Tool
+from conveyor_hf.tools.caller import CallerTool
 
 
 @dataclass
@@ -39,15 +40,21 @@ class PromptBuilder:
 
     def __init__(self, serving: ServingEngine, tools: Sequence[Tool], *, mode: str, default_max_tokens: int) -> None:
         # Used only to render: it never decodes, so it shares the engine and the tool templates.
-        self._renderer = ConveyorGenerator(serving.engine, serving.tokenizer, tools=list(tools), mode=mode)
+        self._tools, self._mode, self._engine = list(tools), mode, serving.engine
+        self._renderer = ConveyorGenerator(serving.engine, serving.tokenizer, tools=self._tools, mode=mode)
         self._tokenizer = serving.tokenizer
         self.context_length = serving.context_length
         self.default_max_tokens = default_max_tokens
 
-    def build(self, messages: list[dict[str, str]], max_tokens: int | None) -> Prompt:
-        """The prompt of ``messages``; :class:`APIError` (400) if it does not fit the context."""
+    def build(self, messages: list[dict], max_tokens: int | None, client_tools: Sequence[CallerTool] = ()) -> Prompt:
+        """The prompt of ``messages`` offering the server's tools and ``client_tools``;
+        :class:`APIError` (400) if it does not fit the context."""
+        renderer = self._renderer
+        if client_tools:
+            renderer = ConveyorGenerator(self._engine, self._tokenizer, tools=[*self._tools, *client_tools],
+                                         mode=self._mode)
         try:
-            [text], _ = self._renderer.render_prompts(messages)
+            [text], _ = renderer.render_prompts(messages)
         except Exception as exc:  # a template that refuses these messages (e.g. roles out of order)
             raise APIError(400, f"the chat template cannot render these messages: {exc}", param="messages") from None
         ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -6,13 +6,15 @@ does: a field that is not part of the API is refused as unknown; a field of the 
 this server cannot honour is refused by name with the reason (a silently ignored
 ``logprobs`` or ``n`` would give the client a wrong answer). Fields sent at their no-op
 value (``n: 1``, ``presence_penalty: 0``, ``null`` …) are accepted. What passes becomes a
-:class:`ChatRequest`: plain ``{"role", "content"}`` messages and the ``generate``
-keywords of the request.
+:class:`ChatRequest`: ``{"role", "content"}`` messages (an assistant turn may carry the
+``tool_calls`` it made, and ``tool`` messages their results), the client's own function
+``tools`` and the ``generate`` keywords of the request.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,28 +22,25 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from conveyor_hf.server.errors import APIError
+from conveyor_hf.tools.caller import CallerTool
 
 #: Fields this server honours (for ``seed`` and ``stop``: only with a remote engine).
 SUPPORTED = frozenset({
     "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
-    "temperature", "top_p", "seed", "stop", "user",
+    "temperature", "top_p", "seed", "stop", "user", "tools", "tool_choice", "parallel_tool_calls",
 })
 
 #: Fields of the API accepted when sent at a value that asks for nothing.
 NO_OP_VALUES: dict[str, tuple[Any, ...]] = {
     "n": (1,), "logprobs": (False,), "presence_penalty": (0,), "frequency_penalty": (0,),
-    "logit_bias": ({},), "store": (False,), "parallel_tool_calls": (True, False), "tool_choice": ("none", "auto"),
-    "tools": ([],), "functions": ([],), "metadata": ({},), "service_tier": ("auto", "default"),
+    "logit_bias": ({},), "store": (False,), "functions": ([],), "metadata": ({},), "service_tier": ("auto", "default"),
     "modalities": (["text"],), "response_format": ({"type": "text"},),
 }
 
 #: Why a field of the API cannot be honoured, when the reason is not obvious.
 REASONS = {
-    "tools": "client tools are not supported yet: this server runs its own tools (see GET /health); "
-             "remove tools to use them",
-    "functions": "client tools are not supported yet (functions is the deprecated form of tools)",
-    "function_call": "client tools are not supported yet",
-    "tool_choice": "client tools are not supported yet",
+    "functions": "functions is the deprecated form of tools; send your functions as tools",
+    "function_call": "function_call is the deprecated form of tool_choice; send tool_choice",
     "n": "one answer per request (each answer runs its own tools); send n requests",
     "logprobs": "log-probabilities are not returned",
     "top_logprobs": "log-probabilities are not returned",
@@ -52,6 +51,9 @@ REASONS = {
     "audio": "only text is supported",
     "modalities": "only text is supported",
 }
+
+#: ``tool_choice`` values honoured: the model decides, or it is offered no client tools.
+TOOL_CHOICES = ("auto", "none")
 
 #: ``generate`` keywords only a remote engine takes (the completions API carries them).
 REMOTE_ONLY = {"seed": "seed", "stop": "stop"}
@@ -64,24 +66,32 @@ class ChatRequest:
     """A validated request: plain messages and how to decode them.
 
     ``messages`` are ``{"role", "content": str}`` dicts (``developer`` becomes
-    ``system``); ``max_tokens`` is None when the client set no limit; ``generate_kwargs``
-    are the sampling keywords for ``ConveyorGenerator.generate``.
+    ``system``; an assistant message may carry ``tool_calls`` with their arguments as
+    objects, a ``tool`` message its ``tool_call_id`` and the function's ``name``);
+    ``tools`` are the client's functions offered to the model (their calls come back as
+    ``tool_calls``); ``parallel_tool_calls`` is None when the client left it to the
+    server; ``max_tokens`` is None when the client set no limit; ``generate_kwargs`` are
+    the sampling keywords for ``ConveyorGenerator.generate``.
     """
 
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     stream: bool = False
     include_usage: bool = False
     max_tokens: int | None = None
     model: str | None = None
+    tools: list[CallerTool] = field(default_factory=list)
+    parallel_tool_calls: bool | None = None
     generate_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class RequestPolicy:
-    """What this server honours: the model id it serves and whether the engine is remote."""
+    """What this server honours: the model id it serves, whether the engine is remote, and
+    the names of the tools it runs itself (a client's function may not take one)."""
 
     model_id: str
     remote: bool = False
+    server_tools: tuple[str, ...] = ()
 
 
 def validate_request(body: Any, policy: RequestPolicy) -> ChatRequest:
@@ -96,7 +106,7 @@ def validate_request(body: Any, policy: RequestPolicy) -> ChatRequest:
                             "chat completions API; remove them", param=unknown[0], code="unknown_field")
     sent = {key: value for key, value in body.items() if value is not None}
     _refuse_unsupported(sent, policy)
-    for key in sorted(set(sent) & SUPPORTED - {"messages"}):
+    for key in sorted(set(sent) & SUPPORTED - {"messages", "tools", "tool_choice"}):
         _check_type(key, sent[key], known[key])
     if "model" in sent and sent["model"] != policy.model_id:
         raise APIError(404, f"model {sent['model']!r} is not served here; this server serves "
@@ -109,7 +119,37 @@ def validate_request(body: Any, policy: RequestPolicy) -> ChatRequest:
     request.include_usage = bool(options.get("include_usage", False))
     request.max_tokens = _max_tokens(sent)
     request.generate_kwargs = _sampling(sent)
+    request.tools = _client_tools(sent, policy)
+    if "parallel_tool_calls" in sent:
+        request.parallel_tool_calls = bool(sent["parallel_tool_calls"])
     return request
+
+
+def _client_tools(sent: dict[str, Any], policy: RequestPolicy) -> list[CallerTool]:
+    """The client's functions the model is offered (none with ``tool_choice: "none"``)."""
+    raw = sent.get("tools", [])
+    if not isinstance(raw, list):
+        raise APIError(400, f"tools must be a list of function tools, got {type(raw).__name__}", param="tools")
+    tools = []
+    for index, schema in enumerate(raw):
+        try:
+            tools.append(CallerTool.from_schema(schema))
+        except ValueError as exc:
+            raise APIError(400, f"tools[{index}]: {exc}", param=f"tools[{index}]") from None
+    names = [tool.name for tool in tools]
+    for name in names:
+        if names.count(name) > 1:
+            raise APIError(400, f"tools: the function name {name!r} is used twice; names must be unique",
+                           param="tools")
+        if name in policy.server_tools:
+            raise APIError(400, f"tools: {name!r} is a tool this server runs itself; give your function another "
+                                "name", param="tools")
+    choice = sent.get("tool_choice", "auto")
+    if choice not in TOOL_CHOICES:
+        raise APIError(400, f"tool_choice={choice!r} cannot be honoured: this server does not constrain decoding "
+                            "to a tool call; send 'auto' (the model decides) or 'none'", param="tool_choice",
+                       code="unsupported_field")
+    return [] if choice == "none" else tools
 
 
 def _refuse_unsupported(sent: dict[str, Any], policy: RequestPolicy) -> None:
@@ -178,8 +218,9 @@ def _sampling(sent: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def _messages(raw: Any) -> list[dict[str, str]]:
-    """Plain ``{"role", "content"}`` messages, each checked against the openai type."""
+def _messages(raw: Any) -> list[dict[str, Any]]:
+    """``{"role", "content"}`` messages (with ``tool_calls`` / ``tool_call_id`` where the
+    client sent them), each checked against the openai type."""
     if raw is None:
         raise APIError(400, "messages is required: a list of {'role', 'content'} objects", param="messages")
     if not isinstance(raw, list) or not raw:
@@ -193,17 +234,49 @@ def _messages(raw: Any) -> list[dict[str, str]]:
             raise APIError(400, f"{where} is not a chat message: {_first_error(exc, message)}",
                            param=where) from None
         role = message["role"]
-        if role in ("tool", "function") or message.get("tool_calls") or message.get("function_call"):
-            raise APIError(400, f"{where}: client tools are not supported yet, so {role} messages and "
-                                "assistant tool_calls cannot be honoured; this server runs its own tools",
-                           param=where)
-        extra = sorted(set(message) - {"role", "content"})
+        if role == "function" or message.get("function_call"):
+            raise APIError(400, f"{where}: function messages and function_call are the deprecated forms of tool "
+                                "messages and tool_calls; send those", param=where)
+        allowed = {"role", "content", *(("tool_calls",) if role == "assistant" else ()),
+                   *(("tool_call_id",) if role == "tool" else ())}
+        extra = sorted(set(k for k, v in message.items() if v is not None) - allowed)
         if extra:
             raise APIError(400, f"{where}: {_names(extra)} cannot be honoured (the chat template renders only "
-                                "role and content); remove them", param=f"{where}.{extra[0]}")
-        messages.append({"role": "system" if role == "developer" else role,
-                         "content": _text(message.get("content"), where)})
+                                "role and content, and the tool calls of a turn); remove them",
+                           param=f"{where}.{extra[0]}")
+        out: dict[str, Any] = {"role": "system" if role == "developer" else role,
+                               "content": _text(message.get("content"), where)}
+        if message.get("tool_calls"):
+            out["tool_calls"] = [_tool_call(call, f"{where}.tool_calls[{i}]")
+                                 for i, call in enumerate(message["tool_calls"])]
+        if role == "tool":
+            out["tool_call_id"] = message["tool_call_id"]
+            name = _called_name(messages, message["tool_call_id"])
+            if name is not None:
+                out["name"] = name
+        messages.append(out)
     return messages
+
+
+def _tool_call(call: dict[str, Any], where: str) -> dict[str, Any]:
+    """An assistant's tool call with its arguments as an object (what chat templates take)."""
+    function = call.get("function") or {}
+    text = function.get("arguments") or "{}"
+    try:
+        arguments = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise APIError(400, f"{where}.function.arguments is not JSON ({exc}); send the arguments as a JSON "
+                            "object in a string", param=where) from None
+    return {"id": call.get("id"), "type": "function", "function": {"name": function.get("name"), "arguments": arguments}}
+
+
+def _called_name(messages: list[dict[str, Any]], call_id: str) -> str | None:
+    """The function name of the earlier tool call ``call_id`` answers (None if not found)."""
+    for message in reversed(messages):
+        for call in message.get("tool_calls", ()):
+            if call.get("id") == call_id:
+                return call["function"]["name"]
+    return None
 
 
 def _text(content: Any, where: str) -> str:
