@@ -79,8 +79,8 @@ class Conversation:
     generated: int = 0
     tokens: list[int] = field(default_factory=list)
     pieces: list[str] = field(default_factory=list)
-    handler: "CallHandler | None" = None
     handlers: list["CallHandler"] = field(default_factory=list)
+    call_open: bool = False  # the last of ``handlers`` is still being written
     stop: StopReason | None = None
     stop_length: int | None = None
     dropped_eos: bool = False
@@ -101,6 +101,11 @@ class Conversation:
     def text(self) -> str:
         """The answer so far, tool results included."""
         return "".join(self.pieces)
+
+    @property
+    def handler(self) -> "CallHandler | None":
+        """The handler of the call being written now (None between calls)."""
+        return self.handlers[-1] if self.call_open else None
 
     @property
     def content(self) -> str:
@@ -129,7 +134,7 @@ class Conversation:
     def begin_round(self) -> None:
         """Forget the previous round's stop and calls; decoding starts (again)."""
         self.stop, self.stop_length, self.dropped_eos = None, None, False
-        self.handler, self.handlers = None, []
+        self.handlers, self.call_open = [], False
         self.ordered_calls = []
 
     def feed_token(self, token: int, length: int | None = None) -> StopReason | None:
@@ -292,15 +297,16 @@ class Conversation:
             self._show(event.text)
             return
         if event.kind == "open":
-            handler = self.handler = self._rules().open_call(self, event)
+            handler = self._rules().open_call(self, event)
             self.handlers.append(handler)
+            self.call_open = True
             self._call_start = at
             if event.syntax is not None and event.syntax.json_body:
                 self._held = []  # shown once its tool is known not to be the caller's
         elif event.kind == "body" and handler is not None:
             handler.feed(event.text)
         elif event.kind == "close" and handler is not None:
-            self.handler = None
+            self.call_open = False
             handler.close(event.closed)
             handler.span = (self._call_start, at + len(event.text))
             if getattr(handler, "for_caller", False):

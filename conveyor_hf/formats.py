@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import warnings
 from typing import Any, Iterable, Sequence
 
 from parsers.calls import CallSyntax, fence_syntax, tag_syntax
@@ -172,7 +173,9 @@ def unique_syntaxes(tools: Iterable[Tool]) -> list[CallSyntax]:
 
 
 def __getattr__(name: str) -> Any:
-    # The handlers moved to conveyor_hf.call_handlers; kept importable from here.
+    # The handlers moved to conveyor_hf.call_handlers; importable from here until then.
     if name in ("UnitCallHandler", "JsonCallHandler", "CallHandler"):
+        warnings.warn(f"conveyor_hf.formats.{name} moved to conveyor_hf.call_handlers.{name}; import it from there",
+                      DeprecationWarning, stacklevel=2)
         return getattr(importlib.import_module("conveyor_hf.call_handlers"), name)
     raise AttributeError(f"module 'conveyor_hf.formats' has no attribute {name!r}")

@@ -2,7 +2,8 @@
 
 import pytest
 
-from conveyor_hf.formats import JsonCallHandler, primary_argument, tool_turn_suffix
+from conveyor_hf.call_handlers import JsonCallHandler
+from conveyor_hf.formats import primary_argument, tool_turn_suffix
 from conveyor_hf.generator import ConveyorGenerator
 from conveyor_hf.tools import PythonTool
 from conveyor_hf.tools.scripted import ScriptedTool
