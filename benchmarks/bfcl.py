@@ -342,8 +342,7 @@ class _BackendTool(FunctionTool):
         self._backend_lock = lock
 
     def act(self, arguments: dict[str, Any]) -> str:
-        state = self._arguments_state()
-        run = state.runs[-1] if state.runs else None
+        run = self.current_run
         written = dict(run.arguments) if run is not None else dict(arguments)
         if self.emulated_latency:
             time.sleep(self.emulated_latency)  # the emulated network time, outside the lock

@@ -27,7 +27,6 @@ activity slows decoding and through which thread, so a fix can go where the time
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -43,6 +42,8 @@ from typing import Any, Callable, ClassVar, Sequence
 
 if __package__ in (None, ""):  # run as a script from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.standalone import script_parser, spread  # noqa: E402  (after the checkout is on sys.path)
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -627,34 +628,15 @@ def measure(model: Any, tokenizer: Any, activities: Sequence[Activity], *, token
         activity.setup()
     try:
         for repeat in range(repeats):
+            gil = py_spy and repeat == repeats - 1
             for index, activity in enumerate(activities):
                 order = (nothing, activity) if (repeat + index) % 2 == 0 else (activity, nothing)
-                pair: dict[str, Any] = {}
-                for side in order:
-                    side.start()
-                    sampler = gil_sampler(100) if py_spy and repeat == repeats - 1 else None
-                    accounting = Accounting(side.children)
-                    accounting.start()
-                    steps = decode(model, inputs, tokens, pad)
-                    usage = accounting.stop()
-                    gil = gil_shares(sampler) if sampler is not None else None
-                    side.stop()
-                    pair[side.name] = {"steps": steps, "usage": usage, "gil": gil}
-                base, busy = pair["none"], pair[activity.name]
-                ratio = statistics.fmean(busy["steps"]) / statistics.fmean(base["steps"])
-                rows[activity.name]["runs"].append({
-                    "repeat": repeat, "ratio": ratio,
-                    "baseline_ms": 1000 * statistics.fmean(base["steps"]),
-                    "ms": 1000 * statistics.fmean(busy["steps"]),
-                    "split_ms": _split(busy), "baseline_split_ms": _split(base),
-                    "median_ms": 1000 * statistics.median(busy["steps"]),
-                    "p95_ms": 1000 * _quantile(busy["steps"], 0.95),
-                    "usage": busy["usage"], "baseline_usage": base["usage"], "gil": busy["gil"],
-                    "baseline_gil": base["gil"],
-                })
-                log(f"contention: repeat {repeat + 1}/{repeats} {activity.name}: {ratio:.3f}x "
-                    f"({1000 * statistics.fmean(busy['steps']):.1f} vs {1000 * statistics.fmean(base['steps']):.1f}"
-                    f" ms/step, others used {busy['usage']['others_busy_cores']:.2f} cores)")
+                pair = {side.name: decode_beside(side, model, inputs, tokens, pad, gil=gil) for side in order}
+                run = paired_figures(repeat, base=pair["none"], busy=pair[activity.name])
+                rows[activity.name]["runs"].append(run)
+                log(f"contention: repeat {repeat + 1}/{repeats} {activity.name}: {run['ratio']:.3f}x "
+                    f"({run['ms']:.1f} vs {run['baseline_ms']:.1f}"
+                    f" ms/step, others used {run['usage']['others_busy_cores']:.2f} cores)")
     finally:
         for activity in activities:
             try:
@@ -662,17 +644,50 @@ def measure(model: Any, tokenizer: Any, activities: Sequence[Activity], *, token
             except Exception as exc:  # closing is best effort; report and go on
                 log(f"contention: closing {activity.name} failed: {exc}")
     for row in rows.values():
-        ratios = [r["ratio"] for r in row["runs"]]
-        row["ratio_median"] = statistics.median(ratios)
-        row["ratio_min"], row["ratio_max"] = min(ratios), max(ratios)
-        row["threads"] = _mean_threads([r["usage"] for r in row["runs"]])
-        row["baseline_threads"] = _mean_threads([r["baseline_usage"] for r in row["runs"]])
-        row["others_busy_cores"] = [r["usage"]["others_busy_cores"] for r in row["runs"]]
-        row["gil"] = next((r["gil"] for r in row["runs"] if r["gil"]), None)
-        for key in ("split_ms", "baseline_split_ms"):
-            row[key] = {part: round(statistics.median(r[key][part] for r in row["runs"]), 2)
-                        for part in ("on_cpu", "runqueue", "sleeping")}
+        _summarise(row)
     return rows
+
+
+def decode_beside(side: Activity, model: Any, inputs: dict[str, Any], tokens: int, pad: int | None, *,
+                  gil: bool) -> dict[str, Any]:
+    """One measured decode while ``side`` runs: its step times, what every thread did meanwhile
+    (:class:`Accounting`) and, with ``gil``, who held the GIL (py-spy)."""
+    side.start()
+    sampler = gil_sampler(100) if gil else None
+    accounting = Accounting(side.children)
+    accounting.start()
+    steps = decode(model, inputs, tokens, pad)
+    usage = accounting.stop()
+    shares = gil_shares(sampler) if sampler is not None else None
+    side.stop()
+    return {"steps": steps, "usage": usage, "gil": shares}
+
+
+def paired_figures(repeat: int, *, base: dict[str, Any], busy: dict[str, Any]) -> dict[str, Any]:
+    """The figures of one repeat of an activity (``busy``) against its paired baseline decode."""
+    mean, baseline_mean = statistics.fmean(busy["steps"]), statistics.fmean(base["steps"])
+    return {
+        "repeat": repeat, "ratio": mean / baseline_mean, "baseline_ms": 1000 * baseline_mean, "ms": 1000 * mean,
+        "split_ms": _split(busy), "baseline_split_ms": _split(base),
+        "median_ms": 1000 * statistics.median(busy["steps"]),
+        "p95_ms": 1000 * _quantile(busy["steps"], 0.95),
+        "usage": busy["usage"], "baseline_usage": base["usage"], "gil": busy["gil"],
+        "baseline_gil": base["gil"],
+    }
+
+
+def _summarise(row: dict[str, Any]) -> None:
+    """Add to an activity's ``row`` the figures over its repeats (ratio spread, mean threads, …)."""
+    runs = row["runs"]
+    ratios = spread([r["ratio"] for r in runs])
+    row["ratio_median"], row["ratio_min"], row["ratio_max"] = ratios["median"], ratios["min"], ratios["max"]
+    row["threads"] = _mean_threads([r["usage"] for r in runs])
+    row["baseline_threads"] = _mean_threads([r["baseline_usage"] for r in runs])
+    row["others_busy_cores"] = [r["usage"]["others_busy_cores"] for r in runs]
+    row["gil"] = next((r["gil"] for r in runs if r["gil"]), None)
+    for key in ("split_ms", "baseline_split_ms"):
+        row[key] = {part: round(statistics.median(r[key][part] for r in runs), 2)
+                    for part in ("on_cpu", "runqueue", "sleeping")}
 
 
 def _split(side: dict[str, Any]) -> dict[str, float]:
@@ -735,7 +750,7 @@ def table(rows: dict[str, dict[str, Any]], machine: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.contention", description=__doc__.split("\n")[0])
+    parser = script_parser(__doc__, prog="python -m benchmarks.contention")
     parser.add_argument("--activities", default=None,
                         help="comma-separated activities (default: all): " + ", ".join(a.name for a in ACTIVITIES))
     parser.add_argument("--tokens", type=int, default=96, help="decoding steps per run (default 96)")

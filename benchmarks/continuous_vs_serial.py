@@ -23,13 +23,12 @@ is shared, so compare ratios within one run.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import statistics
 import threading
 import time
 from typing import Any
+
+from benchmarks.standalone import add_json_option, script_parser, spread, write_json
 
 TASKS = [
     "the sum of the squares of the integers from 1 to 100",
@@ -46,10 +45,6 @@ VARIANTS = ("serial", "continuous", "continuous_noshare")
 
 def ask(task: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"Use Python to compute {task}, then tell me the result."}]
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)} if values else {}
 
 
 class Bench:
@@ -178,7 +173,7 @@ def table(doc: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--n", type=int, default=4, help="conversations arriving together (1-16)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats (1-5)")
     parser.add_argument("--max-new-tokens", type=int, default=90)
@@ -187,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-limit", type=float, default=900.0,
                         help="seconds after which no new repeat starts")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--json", default=None, help="write the figures here")
+    add_json_option(parser)
     args = parser.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in variants if v not in VARIANTS]
@@ -201,9 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     doc = run(args.n, args.repeats, args.max_new_tokens, variants, args.time_limit)
     print(table(doc))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(doc, fh, indent=1)
+    write_json(args.json, doc, indent=1)
     return 0
 
 

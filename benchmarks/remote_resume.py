@@ -16,7 +16,6 @@ means the whole prompt is prefilled again; far below 1 means the prefix was reus
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
@@ -24,6 +23,8 @@ import time
 from typing import Any
 
 import httpx
+
+from benchmarks.standalone import add_json_option, script_parser, spread, write_json
 
 RESULT = ("\n```output\n" + "\n".join(f"row {i}: value {i * 37 % 101} ok" for i in range(8)) + "\n```\n")
 
@@ -60,21 +61,21 @@ def measure(base_url: str, model: str, lengths: list[int], repeats: int) -> dict
                 prompt = words(n, rng)
                 cold.append(ttft(client, url, model, prompt))
                 resume.append(ttft(client, url, model, prompt + RESULT))
-            ratios = [r / c for r, c in zip(resume, cold)]
+            ratios = spread([r / c for r, c in zip(resume, cold)])
             out["lengths"][n] = {
                 "cold_s": statistics.median(cold), "resume_s": statistics.median(resume),
-                "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+                "ratio": ratios["median"], "ratio_min": ratios["min"], "ratio_max": ratios["max"],
             }
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--engine", required=True, metavar="URL", help="API root, e.g. http://127.0.0.1:8000/v1")
     parser.add_argument("--model", default=None, help="served model name (default: the only one listed)")
     parser.add_argument("--lengths", default="256,1024", help="prompt lengths in tokens (approximate)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", default=None, help="write the figures here")
+    add_json_option(parser)
     args = parser.parse_args(argv)
     model = args.model
     if model is None:
@@ -89,9 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     for n, row in result["lengths"].items():
         print(f"  {n:5d} tokens: cold {row['cold_s']:.3f}s  resume {row['resume_s']:.3f}s  "
               f"resume/cold {row['ratio']:.2f} ({row['ratio_min']:.2f}–{row['ratio_max']:.2f})")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
+    write_json(args.json, result, indent=2)
     return 0
 
 

@@ -233,7 +233,7 @@ def _planning_why(doc: dict[str, Any]) -> list[str]:
 def _overhead_why(doc: dict[str, Any]) -> list[str]:
     w = doc["workloads"]["overhead"]
     why = [f"{w['overhead_ms_per_token']:+.2f} ms per token against plain generate ({w['new_tokens']} tokens); "
-           f"median of the paired run ratios: {_short(w.get('paired_ratio_median'))}"]
+           f"median of the paired run ratios: {_figure(w.get('paired_ratio_median'))}"]
     hook = w.get("hook_ms_per_step")
     spread = _get(doc, "overhead", "spread", "ratio")
     if isinstance(spread, list):
@@ -568,7 +568,7 @@ def table(doc: dict[str, Any]) -> str:
         lines.append("targets (MET/MISSED on the medians; 'every repeat': the whole min–max range meets it too):")
         for t in doc["targets"]:
             value = t["value"]
-            shown = ", ".join(_short(v) for v in value) if isinstance(value, (list, tuple)) else _short(value)
+            shown = ", ".join(_figure(v) for v in value) if isinstance(value, (list, tuple)) else _figure(value)
             spread = t.get("spread")
             if spread:
                 shown += f"; per repeat {_ends_text(spread)}"
@@ -585,12 +585,13 @@ def table(doc: dict[str, Any]) -> str:
 def _ends_text(spread: list[Any]) -> str:
     """``low … high`` ends of a target's spread (tuples for several values)."""
     def one(end: Any) -> str:
-        return ", ".join(_short(v) for v in end) if isinstance(end, (list, tuple)) else _short(end)
+        return ", ".join(_figure(v) for v in end) if isinstance(end, (list, tuple)) else _figure(end)
 
     return f"{one(spread[0])} … {one(spread[1])}"
 
 
-def _short(value: Any) -> str:
+def _figure(value: Any) -> str:
+    """A figure as text: a float to three decimals, anything else as ``str`` gives it."""
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 

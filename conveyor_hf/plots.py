@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
-if TYPE_CHECKING:
-    from conveyor_hf.timeline import Timeline
+from conveyor_hf.timeline import Timeline
 
 DECODE, UNIT, FAILED, EXPOSED = "#4C72B0", "#DD8452", "#C44E52", "#C44E52"
 
 
-def plot_timelines(timelines: Sequence["Timeline"], path: str | Path, *, title: str | None = None) -> Path:
+def plot_timelines(timelines: Sequence[Timeline], path: str | Path, *, title: str | None = None) -> Path:
     """One panel per timeline, stacked (e.g. lazy above partial), on a shared time axis.
 
     Lanes: ``decode`` (one bar per round), one lane per tool call target (``row · tool``)
@@ -24,7 +23,7 @@ def plot_timelines(timelines: Sequence["Timeline"], path: str | Path, *, title: 
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    heights = [2 + len(t._lanes()) for t in timelines]
+    heights = [2 + len(t.lanes()) for t in timelines]
     fig, axes = plt.subplots(
         len(timelines), 1, figsize=(11, 1.2 + 0.55 * sum(heights)), sharex=True, squeeze=False,
         gridspec_kw={"height_ratios": heights},
@@ -45,9 +44,10 @@ def plot_timelines(timelines: Sequence["Timeline"], path: str | Path, *, title: 
     return path
 
 
-def _draw(ax, timeline: "Timeline") -> None:
+def _draw(ax, timeline: Timeline) -> None:
+    """One panel: ``timeline``'s lanes on ``ax`` (a matplotlib Axes), titled with its summary."""
     t0 = timeline.start
-    lanes = timeline._lanes()
+    lanes = timeline.lanes()
     labels = ["decode"] + [name for name, _ in lanes] + ["user waits"]
     y = {name: len(labels) - 1 - i for i, name in enumerate(labels)}
     span = max(timeline.end - t0, 1e-6)

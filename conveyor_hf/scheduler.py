@@ -1,58 +1,26 @@
-"""Runs tool work beside decoding and records it in the timeline.
+"""Deprecated: this module is now :mod:`conveyor_hf.call_log`, and ``Scheduler`` is
+:class:`~conveyor_hf.call_log.CallLog`.
 
-The hook opens calls through :class:`Scheduler` (on the decode thread; nothing here
-blocks), and the tool loop waits on them between rounds. In ``partial`` mode a call
-runs each unit as soon as it is fed; in ``lazy`` mode (the baseline) it buffers the
-units and runs them all when the call closes. Both modes use the same parsers, tools
-and re-prompting, so under greedy decoding they produce the same text.
+It never scheduled anything: it opens tool calls in the run's mode and records them in
+the timeline (each call runs its own units; a plan's tasks are scheduled by
+:class:`~conveyor_hf.tools.plan_scheduler.PlanCall`). Importing it still gives the old
+names, with a :class:`DeprecationWarning`.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Callable, Literal
+import warnings
 
-from conveyor_hf.timeline import CallRecord, Timeline
-from conveyor_hf.tools.base import Tool, ToolCall, ToolResult, UnitRecord
+from conveyor_hf.call_log import MODES, CallLog, Mode
 
-Mode = Literal["partial", "lazy"]
-MODES = ("partial", "lazy")
+__all__ = ["MODES", "Mode", "Scheduler"]
 
+#: The old name of :class:`~conveyor_hf.call_log.CallLog`.
+Scheduler = CallLog
 
-class Scheduler:
-    """Opens tool calls for batch rows and collects their records."""
-
-    def __init__(
-        self,
-        timeline: Timeline,
-        mode: Mode = "partial",
-        on_unit_done: Callable[[int, str, UnitRecord], None] | None = None,
-    ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode={mode!r} is not supported; use one of {MODES}")
-        self.timeline = timeline
-        self.mode = mode
-        self.on_unit_done = on_unit_done
-        self._records: dict[int, CallRecord] = {}
-
-    def open(self, row: int, round_index: int, tool: Tool) -> ToolCall:
-        """Open a call of ``tool`` for ``row``; returns at once (warm-up runs on a worker)."""
-        notify = self.on_unit_done
-        callback = None if notify is None else (lambda record: notify(row, tool.name, record))
-        call = tool.open_call(early=self.mode == "partial", on_unit_done=callback)
-        record = CallRecord(
-            row=row, round=round_index, tool=tool.name, opened=call.opened, lanes=tool.max_concurrency
-        )
-        self.timeline.calls.append(record)
-        self._records[id(call)] = record
-        return call
-
-    def finish(self, call: ToolCall, result: ToolResult | None = None) -> ToolResult:
-        """Wait for ``call`` (unless ``result`` is already known) and record its units."""
-        if result is None:
-            result = call.finish()
-        record = self._records.pop(id(call))
-        record.closed = call.closed if call.closed is not None else time.perf_counter()
-        record.units = list(result.units)
-        record.output, record.error, record.result = result.output, result.error, result
-        return result
+warnings.warn(
+    "conveyor_hf.scheduler is deprecated: import CallLog (formerly Scheduler), Mode and MODES "
+    "from conveyor_hf.call_log",
+    DeprecationWarning,
+    stacklevel=2,
+)

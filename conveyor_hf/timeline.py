@@ -1,8 +1,12 @@
 """What happened when, during one ``generate`` call: decode rounds and tool units.
 
 All times are ``time.perf_counter()`` seconds. :meth:`Timeline.summary` turns the
-records into the metrics of DESIGN.md §4; :meth:`Timeline.plot` draws them (PNG) and
-:meth:`Timeline.to_chrome_trace` exports them for Perfetto / ``chrome://tracing``.
+records into latency metrics: how long decoding and tool work took, how much tool time
+nobody decoded through (what the user waited for), and the ``ideal`` latency of a
+zero-overhead pipeline with the same measured times. :meth:`Timeline.to_chrome_trace`
+exports the records for Perfetto / ``chrome://tracing``; the pictures are drawn by
+:mod:`conveyor_hf.plots` (:meth:`Timeline.plot` is a shortcut to it), which this module
+does not import until a picture is asked for.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from conveyor_hf.text import shorten
 from conveyor_hf.tools.base import ToolResult, UnitRecord
 
 Interval = tuple[float, float]
@@ -44,7 +49,10 @@ class RoundRecord:
 
 @dataclass
 class CallRecord:
-    """One tool call: which row and round it belongs to, its units and its result."""
+    """One tool call: which row and round it belongs to, and its result once finished.
+
+    ``units``, ``output`` and ``error`` read ``result`` (empty while the call runs).
+    """
 
     row: int
     round: int
@@ -52,10 +60,22 @@ class CallRecord:
     opened: float
     lanes: int = 1
     closed: float | None = None
-    units: list[UnitRecord] = field(default_factory=list)
-    output: str = ""
-    error: str | None = None
     result: ToolResult | None = None
+
+    @property
+    def units(self) -> list[UnitRecord]:
+        """The call's unit records, in feeding order ([] until it has finished)."""
+        return self.result.units if self.result is not None else []
+
+    @property
+    def output(self) -> str:
+        """What the model was shown ("" until the call has finished)."""
+        return self.result.output if self.result is not None else ""
+
+    @property
+    def error(self) -> str | None:
+        """The call's error, if any (None until it has finished)."""
+        return self.result.error if self.result is not None else None
 
 
 @dataclass
@@ -103,7 +123,13 @@ class Timeline:
         return max(per_row.values(), default=0.0)
 
     def summary(self) -> dict[str, Any]:
-        """Metrics in seconds (``rounds``, ``units``, ``new_tokens`` are counts)."""
+        """Metrics in seconds (``rounds``, ``units``, ``new_tokens`` are counts).
+
+        ``latency`` (the whole call), ``decode`` and ``tool`` (busy time of each, overlaps
+        counted once), ``exposed_tool`` (tool time with no decoding beside it: what the user
+        waited for), ``ideal`` (see :meth:`ideal`), ``wait`` (time rounds spent after their
+        decoding, summed), ``tokens_per_s`` over decode time, and ``prefill_tokens`` per round.
+        """
         decode = _length(_union(self.decode_intervals()))  # rounds of several rows may overlap
         tokens = sum(r.new_tokens for r in self.rounds)
         return {
@@ -146,24 +172,33 @@ class Timeline:
                  new_tokens=rnd.new_tokens, prefill_tokens=rnd.prefill_tokens)
             if rnd.end > rnd.decode_end:
                 span("wait for tools", 0, rnd.decode_end, rnd.end)
-        for lane, (name, units) in enumerate(self._lanes(), start=1):
+        for lane, (name, units) in enumerate(self.lanes(), start=1):
             events.append({"ph": "M", "pid": 1, "tid": lane, "name": "thread_name", "args": {"name": name}})
             for u in units:
                 if u.start is not None and u.end is not None:
-                    span(u.unit.text.strip().splitlines()[0][:60] if u.unit.text.strip() else "unit",
-                         lane, u.start, u.end, error=u.error, output=u.output[:200])
+                    span(shorten(u.unit.text.strip().splitlines()[0], 60) if u.unit.text.strip() else "unit",
+                         lane, u.start, u.end, error=u.error, output=shorten(u.output, 200))
         trace = {"traceEvents": events, "displayTimeUnit": "ms", "metadata": {"mode": self.mode}}
         if path is not None:
             Path(path).write_text(json.dumps(trace))
         return trace
 
-    def plot(self, path: str | Path, *, title: str | None = None, others: Iterable["Timeline"] = ()) -> Path:
-        """Draw this timeline (and ``others`` below it, e.g. lazy above partial) to a PNG."""
+    def plot(self, path: str | Path, *, title: str | None = None, others: Iterable[Timeline] = ()) -> Path:
+        """Draw this timeline (and ``others`` below it, e.g. lazy above partial) to a PNG.
+
+        A shortcut to :func:`conveyor_hf.plots.plot_timelines`, imported here on first use
+        so that recording a timeline never imports the drawing code (or matplotlib).
+        """
         from conveyor_hf.plots import plot_timelines
 
         return plot_timelines([self, *others], path, title=title)
 
-    def _lanes(self) -> list[tuple[str, list[UnitRecord]]]:
+    def lanes(self) -> list[tuple[str, list[UnitRecord]]]:
+        """The tool lanes: ``(name, units)`` per tool target ``"row R · tool"``, in the order of
+        their first call in :attr:`calls`, with the units of all its calls (every round).
+
+        What the trace export and the pictures draw as one row of bars each.
+        """
         lanes: dict[str, list[UnitRecord]] = {}
         for call in self.calls:
             lanes.setdefault(f"row {call.row} · {call.tool}", []).extend(call.units)

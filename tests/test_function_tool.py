@@ -15,7 +15,8 @@ from transformers.utils import get_json_schema
 from conveyor_hf import ConveyorGenerator
 from conveyor_hf.tools import FunctionTool, SideEffect, Tool, tool
 from conveyor_hf.tools.function import render_value
-from conveyor_hf.tools.validation import ACTION, START, ValidatedCall, check_value
+from conveyor_hf.tools.json_schema import check_value
+from conveyor_hf.tools.validated import ACTION, START, ValidatedCall
 from parsers.json_object import JsonObjectParser
 from parsers.unit import Unit
 from helpers import wait_until

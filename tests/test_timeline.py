@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conveyor_hf.timeline import CallRecord, RoundRecord, Timeline
-from conveyor_hf.tools.base import UnitRecord
+from conveyor_hf.tools.base import ToolResult, UnitRecord
 from parsers.unit import Unit
 
 
@@ -20,7 +20,7 @@ def two_round_timeline():
     tl.rounds = [RoundRecord(0, 0.0, decode_end=4.0, end=5.0, new_tokens=40),
                  RoundRecord(1, 5.0, decode_end=6.0, end=6.0, new_tokens=10)]
     tl.calls = [CallRecord(row=0, round=0, tool="python", opened=0.5,
-                           units=[unit(1.0, 1.0, 2.5), unit(2.0, 2.5, 5.0)])]
+                           result=ToolResult("", units=[unit(1.0, 1.0, 2.5), unit(2.0, 2.5, 5.0)]))]
     return tl
 
 

@@ -222,9 +222,9 @@ def us_places() -> list[tuple[str, str, str]]:
     """``(city, state code, state name)`` for corpus articles described as a US city.
 
     The state comes from the article's own description (``"Largest city in Texas,
-    United States"``) and becomes its two-letter code through ``validation.US_STATES``.
+    United States"``) and becomes its two-letter code through ``us_states.US_STATES``.
     """
-    from conveyor_hf.tools.validation import US_STATES
+    from conveyor_hf.tools.us_states import US_STATES
 
     codes = {name.casefold(): code for code, name in US_STATES.items()}
     places = []

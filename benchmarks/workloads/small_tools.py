@@ -63,7 +63,7 @@ class ValidationWorkload(ABWorkload):
         return cases
 
     def make_tools(self, variant: Variant) -> list[Any]:
-        from conveyor_hf.tools.validation import LocationLookupTool
+        from conveyor_hf.tools.location import LocationLookupTool
 
         return [LocationLookupTool()]
 

@@ -1,5 +1,10 @@
 """Tools the model can call, and the base class for writing your own.
 
+To write a tool, subclass ``Tool`` and implement ``execute(unit)`` (one line of the call
+per unit by default), subclass ``ValidatedTool`` and implement ``act(arguments)`` for JSON
+arguments, or decorate a typed, documented function with ``@tool``; see
+:mod:`conveyor_hf.tools.base`.
+
 The tools (``PythonTool``, ``SearchTool``, ``CalculatorTool``, ``SQLTool``,
 ``PlanTool``, ``LocationLookupTool``, ``ScriptedTool``) and the function-tool helpers
 (``tool``, ``FunctionTool``: any typed, documented function as a tool) are imported lazily, so that
@@ -28,8 +33,8 @@ _LAZY = {
     "CalculatorTool": "conveyor_hf.tools.calculator",
     "SQLTool": "conveyor_hf.tools.sql",
     "PlanTool": "conveyor_hf.tools.plan",
-    "ValidatedTool": "conveyor_hf.tools.validation",
-    "LocationLookupTool": "conveyor_hf.tools.validation",
+    "ValidatedTool": "conveyor_hf.tools.validated",
+    "LocationLookupTool": "conveyor_hf.tools.location",
     "ScriptedTool": "conveyor_hf.tools.scripted",
     "FunctionTool": "conveyor_hf.tools.function",
     "SandboxPolicy": "conveyor_hf.tools.sandbox",

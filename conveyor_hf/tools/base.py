@@ -1,10 +1,19 @@
 """The tool developer interface: ``Tool``, its per-call ``ToolCall``, and the records.
 
-A tool is a small class. It declares data (``name``, ``description``, a JSON-schema
-``parameters`` dict for chat templates, a ``side_effect`` class) and one behaviour:
-``execute(unit)``, which does the work of one unit and blocks until it is done.
-``execute`` runs on a worker thread owned by the call, never on the decode thread.
+A tool author meets one interface, in one of three forms:
 
+- subclass :class:`Tool`, set its data (``name``, ``description``, a JSON-schema
+  ``parameters`` dict for chat templates, a ``side_effect`` class) and implement
+  ``execute(unit)``: the work of one unit, blocking until it is done. By default a unit is
+  one line of the call body, and ``unit.argument`` is what to act on (see
+  :class:`parsers.unit.Unit`); override ``make_parser`` for other units (statements);
+- subclass :class:`~conveyor_hf.tools.validated.ValidatedTool` and implement
+  ``act(arguments)`` for a tool that takes a JSON object of arguments
+  (``json_arguments = True``), each checked against its schema as it is written;
+- decorate a typed, documented function with :func:`~conveyor_hf.tools.function.tool`
+  (a ``ValidatedTool`` whose ``act`` calls the function).
+
+``execute`` runs on a worker thread owned by the call, never on the decode thread.
 Per tool call the generator opens a :class:`ToolCall` and hands it units as the model
 writes them: ``feed(unit)`` returns at once, ``finish()`` waits for what is left and
 returns a :class:`ToolResult`. ``Tool.run(text)`` does the same in one shot.
@@ -25,11 +34,10 @@ Example, a complete tool::
         description = "Upper-cases each line."
         side_effect = SideEffect.PURE
 
-        def make_parser(self):
-            return LineParser()
-
         def execute(self, unit):
-            return UnitOutput(unit.text.strip().upper())
+            return UnitOutput(unit.argument.upper())
+
+    Upper().run("hello\\nworld\\n").output  # 'HELLO\\nWORLD'
 """
 
 from __future__ import annotations
@@ -39,12 +47,16 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterable
 
+from parsers.lines import LineParser
 from parsers.unit import IncrementalParser, Unit
 
 #: Seconds ``ToolCall.finish`` waits beyond a unit's own timeout before abandoning it.
 ABANDON_GRACE = 5.0
+
+#: The error of a unit a ``stop_on_error`` tool skips after an earlier unit failed.
+SKIPPED_AFTER_FAILURE = "skipped: an earlier part of this call failed"
 
 
 class SideEffect(str, enum.Enum):
@@ -103,134 +115,35 @@ class ToolResult:
     tool: str = ""
 
 
-class Tool:
-    """Base class of every tool. Subclasses set the class attributes and ``execute``.
+def unit_errors(records: Iterable[UnitRecord]) -> list[str]:
+    """The errors of the units that failed, in order; skipped units are left out (their
+    error only repeats that an earlier one failed)."""
+    return [r.error for r in records if r.error and not r.skipped]
 
-    Class attributes:
-      name, description, parameters: how the tool is presented to the model (the
-        ``parameters`` JSON schema is what ``apply_chat_template(tools=...)`` renders).
-      side_effect: see :class:`SideEffect`.
-      fence_languages: markdown fence languages that call the tool (```` ```python ````);
-        empty means a ``<name>`` tag block (see ``conveyor_hf.formats``).
-      allow_early: let a ``mutating`` tool start before its call is complete.
-      max_concurrency: units of one call that may run at the same time (1 keeps order).
-      stop_on_error: once a unit fails, skip the remaining units of the call (as a
-        notebook cell stops at its first exception).
-      run_malformed: still execute units the parser marked with an error (a Python
-        kernel reports a syntax error better than the parser can); otherwise the
-        parser's error is the unit's result.
-      timeout: seconds one unit may take; the tool should enforce it itself, the call
-        abandons the unit ``ABANDON_GRACE`` seconds later in any case.
+
+def run_unit(tool: "Tool", unit: Unit, *, after_failure: bool = False) -> tuple[UnitOutput, bool]:
+    """Run one unit on ``tool`` on this thread: ``(what it gave, whether it was skipped)``.
+
+    Never raises. ``after_failure``: an earlier unit of the call failed, so a
+    ``stop_on_error`` tool skips this one; a unit its parser marked malformed gives the
+    parser's error unless the tool sets ``run_malformed``; an exception from ``execute``
+    becomes the unit's error. This is what a call's worker does with each unit (and what a
+    plan does with a sub-tool's units).
     """
+    if tool.stop_on_error and after_failure:
+        return UnitOutput("", SKIPPED_AFTER_FAILURE), True
+    if unit.error is not None and not tool.run_malformed:
+        return UnitOutput("", unit.error), False
+    try:
+        result = tool.execute(unit)
+    except Exception as exc:  # a tool bug becomes a tool error, not a crash
+        return UnitOutput("", f"{type(exc).__name__}: {exc}"), False
+    return UnitOutput(result.output, result.error), False
 
-    name: ClassVar[str] = ""
-    description: ClassVar[str] = ""
-    parameters: ClassVar[dict[str, Any]] = {"type": "object", "properties": {}, "required": []}
-    side_effect: ClassVar[SideEffect] = SideEffect.READ_ONLY
-    fence_languages: ClassVar[tuple[str, ...]] = ()
-    allow_early: bool = False
-    max_concurrency: int = 1
-    stop_on_error: bool = False
-    run_malformed: bool = False
-    timeout: float = 60.0
 
-    # -- what subclasses provide ---------------------------------------------------
-    def make_parser(self) -> IncrementalParser:
-        """A fresh incremental parser that splits this tool's call body into units."""
-        raise NotImplementedError(f"{type(self).__name__} must implement make_parser()")
-
-    def execute(self, unit: Unit) -> UnitOutput:
-        """Do the work of one unit; blocks; runs on a worker thread of the call."""
-        raise NotImplementedError(f"{type(self).__name__} must implement execute(unit)")
-
-    def warm_up(self) -> None:
-        """Expensive set-up for a call (start a kernel, open a connection).
-
-        Called on the call's worker thread when the call opens, before any unit runs.
-        """
-
-    def format_result(self, records: list[UnitRecord]) -> ToolResult:
-        """Combine unit records into the call's result. Default: outputs joined."""
-        parts = [r.output for r in records if r.output]
-        errors = [r.error for r in records if r.error and not r.skipped]
-        for r in records:
-            if r.error and not r.skipped and r.error not in r.output:
-                parts.append(r.error)
-        return ToolResult(
-            output="\n".join(p.rstrip("\n") for p in parts),
-            error="; ".join(errors) if errors else None,
-            units=list(records),
-            tool=self.name,
-        )
-
-    def fork(self) -> "Tool":
-        """A tool for another conversation (another batch row).
-
-        Stateless tools return ``self``; tools with per-conversation state (a kernel)
-        return a fresh instance with the same settings.
-        """
-        return self
-
-    def close(self) -> None:
-        """Release resources (processes, connections). Idempotent."""
-
-    # -- what the framework provides -----------------------------------------------
-    def open_call(
-        self,
-        *,
-        early: bool = True,
-        on_unit_done: Callable[[UnitRecord], None] | None = None,
-    ) -> "ToolCall":
-        """Open a call. ``early=False`` buffers units until ``finish`` (lazy mode)."""
-        may_run_early = self.side_effect is not SideEffect.MUTATING or self.allow_early
-        return ToolCall(self, early=early and may_run_early, on_unit_done=on_unit_done)
-
-    def run(self, text: str) -> ToolResult:
-        """One-shot call: parse ``text`` into units, run them all, return the result."""
-        parser = self.make_parser()
-        call = self.open_call(early=True)
-        for unit in parser.feed(text) + parser.close():
-            call.feed(unit)
-        return call.finish()
-
-    def schema(self) -> dict[str, Any]:
-        """The function schema chat templates take in ``tools=[...]``."""
-        return {
-            "type": "function",
-            "function": {
-                "name": self.name,
-                "description": self.description,
-                "parameters": self.parameters,
-            },
-        }
-
-    @classmethod
-    def from_function(
-        cls,
-        fn: Callable[..., Any],
-        *,
-        name: str | None = None,
-        side_effect: SideEffect | str = "mutating",
-        **options: Any,
-    ) -> "Tool":
-        """A tool from a typed, documented Python function (a
-        :class:`~conveyor_hf.tools.function.FunctionTool`; ``options`` go to it).
-
-        ``side_effect`` decides when it may start; the default ``"mutating"`` waits for its
-        call to close. See :mod:`conveyor_hf.tools.function`.
-        """
-        from conveyor_hf.tools.function import FunctionTool  # lazy: function.py imports this module
-
-        return FunctionTool(fn, name=name, side_effect=side_effect, **options)
-
-    def __enter__(self) -> "Tool":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r})"
+def start_failure(tool: "Tool", exc: Exception) -> str:
+    """The error every unit of a call reports when ``tool.warm_up()`` raised ``exc``."""
+    return f"{tool.name} could not start: {type(exc).__name__}: {exc}"
 
 
 class _StateLock:
@@ -263,20 +176,22 @@ class _StateLock:
 class ToolCall:
     """One call of a tool: units in (non-blocking), one :class:`ToolResult` out.
 
-    Units run on up to ``tool.max_concurrency`` daemon worker threads, in feeding order
-    when that is 1. ``tool.warm_up()`` runs first, on a worker, as soon as the call opens.
-    Nothing here polls: idle workers block on the queue, and ``finish()`` blocks on the
-    call's state lock (woken by every unit that starts or ends) with a timeout set to the
-    earliest moment a unit must be abandoned, so tool bookkeeping costs the decoding thread
-    no wake-ups.
+    Units run on ``workers`` daemon worker threads (default ``tool.max_concurrency``), in
+    feeding order when that is 1; a subclass that runs units its own way (``PlanCall``)
+    passes ``workers=0``. ``tool.warm_up()`` runs first, on its own thread, as soon as the
+    call opens. Nothing here polls: idle workers block on the queue, and ``finish()`` blocks
+    on the call's state lock (woken by every unit that starts or ends) with a timeout set to
+    the earliest moment a unit must be abandoned, so tool bookkeeping costs the decoding
+    thread no wake-ups.
     """
 
     def __init__(
         self,
-        tool: Tool,
+        tool: "Tool",
         *,
         early: bool = True,
         on_unit_done: Callable[[UnitRecord], None] | None = None,
+        workers: int | None = None,
     ) -> None:
         self.tool = tool
         self.early = early
@@ -291,9 +206,10 @@ class ToolCall:
         self._warm_done = threading.Event()
         self._warm_error: str | None = None
         self._result: ToolResult | None = None
+        count = max(1, int(tool.max_concurrency)) if workers is None else workers
         self._workers = [
             threading.Thread(target=self._work, name=f"conveyor-{tool.name}-{i}", daemon=True)
-            for i in range(max(1, int(tool.max_concurrency)))
+            for i in range(count)
         ]
         threading.Thread(target=self._warm, name=f"conveyor-{tool.name}-warm", daemon=True).start()
         for worker in self._workers:
@@ -346,7 +262,7 @@ class ToolCall:
         try:
             self.tool.warm_up()
         except Exception as exc:  # reported on every unit; the call still finishes
-            self._warm_error = f"{self.tool.name} could not start: {type(exc).__name__}: {exc}"
+            self._warm_error = start_failure(self.tool, exc)
         finally:
             self._warm_done.set()
             with self._lock:  # wake finish(): the warm-up deadline no longer applies
@@ -366,24 +282,20 @@ class ToolCall:
                 return
             record.start = time.perf_counter()
         if self._warm_error is not None:
-            output, error = "", self._warm_error
-        elif self.tool.stop_on_error and self._failed.is_set():
-            output, error = "", "skipped: an earlier part of this call failed"
-            record.skipped = True
-        elif record.unit.error is not None and not self.tool.run_malformed:
-            output, error = "", record.unit.error
+            result, skipped = UnitOutput("", self._warm_error), False
         else:
-            try:
-                result = self.tool.execute(record.unit)
-                output, error = result.output, result.error
-            except Exception as exc:  # a tool bug becomes a tool error, not a crash
-                output, error = "", f"{type(exc).__name__}: {exc}"
+            result, skipped = run_unit(self.tool, record.unit, after_failure=self._failed.is_set())
         with self._lock:
             if record.end is not None:  # finish() gave up on it meanwhile
                 return
-            record.output, record.error, record.end = output, error, time.perf_counter()
-            if error is not None and not record.skipped:
+            record.output, record.error, record.skipped = result.output, result.error, skipped
+            record.end = time.perf_counter()
+            if result.error is not None and not skipped:
                 self._failed.set()  # before finish() can see the end: failed is final by then
+        self._notify(record)
+
+    def _notify(self, record: UnitRecord) -> None:
+        """Tell ``on_unit_done`` that ``record`` has ended (lock not held)."""
         if self._on_unit_done is not None:
             try:
                 self._on_unit_done(record)
@@ -424,3 +336,166 @@ class ToolCall:
                     record.error = message
                 record.end = now
                 self._failed.set()
+
+
+class Tool:
+    """Base class of every tool: subclass it, set the class attributes, implement ``execute``.
+
+    ``execute(unit)`` is the one method to write (see the module docstring for the JSON-
+    argument and function forms); everything else has a default.
+
+    Class attributes:
+      name, description, parameters: how the tool is presented to the model (the
+        ``parameters`` JSON schema is what ``apply_chat_template(tools=...)`` renders).
+      side_effect: see :class:`SideEffect`.
+      fence_languages: markdown fence languages that call the tool (```` ```python ````);
+        empty means a ``<name>`` tag block (see ``conveyor_hf.formats``).
+      allow_early: let a ``mutating`` tool start before its call is complete.
+      max_concurrency: units of one call that may run at the same time (1 keeps order).
+      stop_on_error: once a unit fails, skip the remaining units of the call (as a
+        notebook cell stops at its first exception).
+      run_malformed: still execute units the parser marked with an error (a Python
+        kernel reports a syntax error better than the parser can); otherwise the
+        parser's error is the unit's result.
+      json_arguments: the tool takes a JSON object of arguments, one unit per member
+        (``ValidatedTool``); otherwise its parser splits text (lines, statements).
+      timeout: seconds one unit may take; the tool should enforce it itself, the call
+        abandons the unit ``ABANDON_GRACE`` seconds later in any case.
+      call_class: the :class:`ToolCall` (sub)class ``open_call`` makes; a tool whose calls
+        do more than run units (a plan, argument validation) names its own.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    parameters: ClassVar[dict[str, Any]] = {"type": "object", "properties": {}, "required": []}
+    side_effect: ClassVar[SideEffect] = SideEffect.READ_ONLY
+    fence_languages: ClassVar[tuple[str, ...]] = ()
+    allow_early: bool = False
+    max_concurrency: int = 1
+    stop_on_error: bool = False
+    run_malformed: bool = False
+    timeout: float = 60.0
+    json_arguments: bool = False
+    call_class: ClassVar[type[ToolCall]] = ToolCall
+
+    # -- what subclasses provide ---------------------------------------------------
+    def make_parser(self) -> IncrementalParser:
+        """A fresh incremental parser that splits this tool's call body into units.
+
+        Default: a :class:`~parsers.lines.LineParser`, one unit per non-blank line.
+        """
+        return LineParser()
+
+    def execute(self, unit: Unit) -> UnitOutput:
+        """Do the work of one unit; blocks; runs on a worker thread of the call.
+
+        ``unit.argument`` is what to act on (a line, without its newline, by default).
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement execute(unit)")
+
+    def warm_up(self) -> None:
+        """Expensive set-up for a call (start a kernel, open a connection).
+
+        Called on the call's worker thread when the call opens, before any unit runs.
+        """
+
+    def format_result(self, records: list[UnitRecord]) -> ToolResult:
+        """Combine unit records into the call's result. Default: outputs joined, then the
+        errors that the outputs do not already show."""
+        parts = [r.output for r in records if r.output]
+        parts += [r.error for r in records if r.error and not r.skipped and r.error not in r.output]
+        return self.make_result(records, (p.rstrip("\n") for p in parts), separator="\n")
+
+    def fork(self) -> "Tool":
+        """A tool for another conversation (another batch row).
+
+        Stateless tools return ``self``; tools with per-conversation state (a kernel)
+        return a fresh instance with the same settings.
+        """
+        return self
+
+    def close(self) -> None:
+        """Release resources (processes, connections). Idempotent."""
+
+    # -- what the framework provides -----------------------------------------------
+    @property
+    def may_run_early(self) -> bool:
+        """Whether units may run before the call is complete: not for a ``mutating`` tool,
+        unless it sets ``allow_early``."""
+        return self.side_effect is not SideEffect.MUTATING or self.allow_early
+
+    def open_call(
+        self,
+        *,
+        early: bool = True,
+        on_unit_done: Callable[[UnitRecord], None] | None = None,
+    ) -> ToolCall:
+        """Open a call (a ``call_class``). ``early=False`` buffers units until ``finish``
+        (lazy mode), as does a tool that may not run early (``may_run_early``)."""
+        return self.call_class(self, early=early and self.may_run_early, on_unit_done=on_unit_done)
+
+    def make_result(
+        self,
+        records: list[UnitRecord],
+        blocks: Iterable[str],
+        *,
+        errors: Iterable[str] | None = None,
+        separator: str = "\n\n",
+    ) -> ToolResult:
+        """The call's :class:`ToolResult`: ``blocks`` (what ``format_result`` rendered)
+        joined by ``separator``; ``error`` joins ``errors`` (default :func:`unit_errors`)."""
+        errors = unit_errors(records) if errors is None else list(errors)
+        return ToolResult(
+            output=separator.join(blocks),
+            error="; ".join(errors) if errors else None,
+            units=list(records),
+            tool=self.name,
+        )
+
+    def run(self, text: str, *, early: bool = True) -> ToolResult:
+        """One-shot call: parse ``text`` into units, run them all, return the result
+        (``early=False``: as in lazy mode, nothing runs before every unit is in)."""
+        parser = self.make_parser()
+        call = self.open_call(early=early)
+        for unit in parser.feed(text) + parser.close():
+            call.feed(unit)
+        return call.finish()
+
+    def schema(self) -> dict[str, Any]:
+        """The function schema chat templates take in ``tools=[...]``."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            },
+        }
+
+    @classmethod
+    def from_function(
+        cls,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        side_effect: SideEffect | str = "mutating",
+        **options: Any,
+    ) -> "Tool":
+        """A tool from a typed, documented Python function (a
+        :class:`~conveyor_hf.tools.function.FunctionTool`; ``options`` go to it).
+
+        ``side_effect`` decides when it may start; the default ``"mutating"`` waits for its
+        call to close. See :mod:`conveyor_hf.tools.function`.
+        """
+        from conveyor_hf.tools.function import FunctionTool  # lazy: function.py imports this module
+
+        return FunctionTool(fn, name=name, side_effect=side_effect, **options)
+
+    def __enter__(self) -> "Tool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"

@@ -21,9 +21,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import jsonschema
+from jsonschema.exceptions import best_match
 
 from conveyor_hf.tools.base import ToolResult
+from conveyor_hf.tools.json_schema import compile_schema
 from parsers.unit import Unit
 
 _counter = itertools.count()
@@ -61,10 +62,9 @@ class CallerTool:
             raise ValueError(f"tool {function['name']!r}: 'parameters' must be a JSON schema object, "
                              f"got {parameters!r}")
         try:
-            jsonschema.validators.validator_for(parameters).check_schema(parameters)
-        except jsonschema.SchemaError as exc:
-            raise ValueError(f"tool {function['name']!r}: 'parameters' is not a valid JSON schema: "
-                             f"{exc.message}") from None
+            compile_schema(parameters)
+        except ValueError as exc:
+            raise ValueError(f"tool {function['name']!r}: 'parameters' is not a valid JSON schema ({exc})") from None
         return cls(function["name"], str(function.get("description") or ""), parameters)
 
     def schema(self) -> dict[str, Any]:
@@ -74,8 +74,7 @@ class CallerTool:
 
     def argument_problem(self, arguments: dict[str, Any]) -> str | None:
         """Why ``arguments`` do not fit this tool's schema (None when they do)."""
-        validator = jsonschema.validators.validator_for(self.parameters)(self.parameters)
-        error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
+        error = best_match(compile_schema(self.parameters).iter_errors(arguments))
         if error is None:
             return None
         where = "/".join(str(part) for part in error.absolute_path)

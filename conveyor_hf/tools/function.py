@@ -22,7 +22,8 @@ of the function's signature and Google-style docstring: the same schema
 ``apply_chat_template(tools=[fn])`` renders. Names may contain dots
 (``math_toolkit.sum_of_multiples``, as BFCL writes them).
 
-A function tool is a :class:`~conveyor_hf.tools.validation.ValidatedTool`: a call
+A function tool is a :class:`~conveyor_hf.tools.validated.ValidatedTool` (so
+``json_arguments`` is True): a call
 ``<tool_call>{"name": "scale", "arguments": {"x": 21}}</tool_call>`` hands over each
 argument the moment its JSON value is complete, and each is checked against its schema
 (``jsonschema``) at once, so a bad value fails the call while the model is still writing
@@ -61,8 +62,10 @@ import re
 import typing
 from typing import Any, Callable, overload
 
-from conveyor_hf.tools.base import SideEffect
-from conveyor_hf.tools.validation import ValidatedTool, compile_schema, describe_schema_error
+from conveyor_hf.text import shorten
+from conveyor_hf.tools.base import SideEffect, ToolResult
+from conveyor_hf.tools.json_schema import compile_schema, describe_schema_error
+from conveyor_hf.tools.validated import ValidatedTool
 
 __all__ = ["FunctionTool", "render_value", "tool"]
 
@@ -106,7 +109,7 @@ def render_value(value: Any) -> str:
 
 def _quote(arguments: dict[str, Any]) -> str:
     text = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False, default=repr)}" for k, v in arguments.items())
-    return text if len(text) <= _QUOTE_CHARS else text[: _QUOTE_CHARS - 1] + "\u2026"
+    return shorten(text, _QUOTE_CHARS)
 
 
 def _function_schema(fn: Callable[..., Any]) -> dict[str, Any]:
@@ -218,9 +221,9 @@ class FunctionTool(ValidatedTool):
         value = self.fn(**call)
         if self._coroutine or inspect.isawaitable(value):
             value = asyncio.run(_awaited(value))
-        state = self._arguments_state()
-        if state.runs:
-            state.runs[-1].value = value  # the run act() is part of (one worker per call)
+        run = self.current_run
+        if run is not None:
+            run.value = value  # kept beside the rendered output, for callers that want it
         return render_value(value)
 
     def check_arguments(self, arguments: dict[str, Any]) -> list[str]:
@@ -239,14 +242,10 @@ class FunctionTool(ValidatedTool):
             "check these arguments and call it again"
         )
 
-    def run(self, text: str):  # type: ignore[override]
-        """One-shot call with the arguments ``text`` (a JSON object): the function runs
-        once, as in lazy mode, since every argument is known at once."""
-        parser = self.make_parser()
-        call = self.open_call(early=False)
-        for unit in parser.feed(text) + parser.close():
-            call.feed(unit)
-        return call.finish()
+    def run(self, text: str, *, early: bool = False) -> ToolResult:
+        """One-shot call with the arguments ``text`` (a JSON object): by default the
+        function runs once, as in lazy mode, since every argument is known at once."""
+        return super().run(text, early=early)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the function itself (a decorated function stays usable from Python)."""

@@ -24,7 +24,7 @@ BUILTIN = {
     "search": "conveyor_hf.tools.search:SearchTool",
     "calculator": "conveyor_hf.tools.calculator:CalculatorTool",
     "sql": "conveyor_hf.tools.sql:SQLTool",
-    "locate": "conveyor_hf.tools.validation:LocationLookupTool",
+    "locate": "conveyor_hf.tools.location:LocationLookupTool",
     "plan": "conveyor_hf.tools.plan:PlanTool",
 }
 

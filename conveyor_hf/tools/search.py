@@ -1,7 +1,8 @@
 """The ``search`` tool: one query per line, each sent the moment its line is complete.
 
 Backends are small objects with one method, ``search(query, max_results) -> list[SearchHit]``
-(the ``httpx`` transport pattern). Two ship with the tool:
+(the ``httpx`` transport pattern; :mod:`~conveyor_hf.tools.search_backend` defines it, with the
+hit and error types). Two ship with the tool:
 
 - :class:`~conveyor_hf.tools.search_live.LiveSearchBackend`: the live web through ``ddgs``,
   polite (rate limit), with retries, a cache and a hard time bound per query;
@@ -25,17 +26,19 @@ from __future__ import annotations
 import re
 import socket
 import threading
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
 
+from conveyor_hf.text import shorten
 from conveyor_hf.tools.base import SideEffect, Tool, ToolResult, UnitOutput, UnitRecord
+from conveyor_hf.tools.search_backend import SearchBackend, SearchError, SearchHit, SearchUnavailable
+from conveyor_hf.tools.search_live import LiveSearchBackend
+from conveyor_hf.tools.search_offline import OfflineSearchBackend
 from parsers.lines import LineParser
 from parsers.unit import Unit
 
 #: Host the ``auto`` probe and the live backend talk to.
 LIVE_PROBE_HOST = "html.duckduckgo.com"
 
-__all__ = [  # noqa: F822  (the two backends are loaded lazily by __getattr__)
+__all__ = [
     "LiveSearchBackend",
     "OfflineSearchBackend",
     "SearchBackend",
@@ -45,51 +48,6 @@ __all__ = [  # noqa: F822  (the two backends are loaded lazily by __getattr__)
     "SearchUnavailable",
     "network_available",
 ]
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    """One search result. ``snippet`` is already cut to the backend's length limit."""
-
-    title: str
-    url: str = ""
-    snippet: str = ""
-    score: float | None = None
-
-
-class SearchError(RuntimeError):
-    """A query could not be answered; the message says why and what to do."""
-
-
-class SearchUnavailable(SearchError):
-    """The backend cannot be reached at all (no network, missing package or corpus)."""
-
-
-@runtime_checkable
-class SearchBackend(Protocol):
-    """What :class:`SearchTool` needs from a backend: one method.
-
-    ``search`` blocks, returns at most ``max_results`` hits (maybe none), raises
-    :class:`SearchError` with an actionable message on failure, and may be called from
-    several threads at once. Optional extras the tool uses when present:
-    ``warm_up()``, ``describe() -> str``, ``close()``.
-    """
-
-    def search(self, query: str, max_results: int) -> list[SearchHit]: ...
-
-
-def __getattr__(name: str) -> Any:
-    # The backends import SearchHit from here, so they are loaded lazily (no import cycle,
-    # and `ddgs` is only imported by whoever uses the live backend).
-    if name == "OfflineSearchBackend":
-        from conveyor_hf.tools.search_offline import OfflineSearchBackend
-
-        return OfflineSearchBackend
-    if name == "LiveSearchBackend":
-        from conveyor_hf.tools.search_live import LiveSearchBackend
-
-        return LiveSearchBackend
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def network_available(
@@ -129,14 +87,6 @@ def clean_query(text: str, max_len: int = 300) -> str:
     if len(query) >= 2 and query[0] in _QUOTES and query[-1] in _QUOTES:
         query = query[1:-1].strip()
     return query[:max_len]
-
-
-def _trim(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    if len(text) <= limit:
-        return text
-    cut = text[:limit].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
-    return cut.rstrip(" ,;:") + "\u2026"
 
 
 class SearchTool(Tool):
@@ -215,9 +165,6 @@ class SearchTool(Tool):
         return self._backend
 
     def _make_backend(self, spec: str) -> SearchBackend:
-        from conveyor_hf.tools.search_live import LiveSearchBackend
-        from conveyor_hf.tools.search_offline import OfflineSearchBackend
-
         if spec == "offline":
             return OfflineSearchBackend()
         if spec == "live":
@@ -286,8 +233,8 @@ class SearchTool(Tool):
         if not hits:
             lines.append("no results")
         for n, hit in enumerate(hits, 1):
-            snippet = _trim(hit.snippet, self.max_chars)
-            title = _trim(hit.title, 120)
+            snippet = shorten(hit.snippet, self.max_chars, at_word=True)
+            title = shorten(hit.title, 120, at_word=True)
             lines.append(f"{n}. {title} \u2014 {snippet}" if snippet else f"{n}. {title}")
             if self.show_urls and hit.url:
                 lines.append(f"   {hit.url}")
@@ -295,21 +242,15 @@ class SearchTool(Tool):
 
     def format_result(self, records: list[UnitRecord]) -> ToolResult:
         """One block per query, in the order the model wrote them, errors in place."""
-        blocks, errors = [], []
+        blocks = []
         for record in records:
             if record.output:
                 blocks.append(record.output.rstrip("\n"))
             if record.error and not record.skipped:
-                errors.append(record.error)
                 queries, _ = self.query_of(record.unit)
                 head = f'[search: "{queries[0]}"]\n' if queries and not record.output else ""
                 blocks.append(f"{head}error: {record.error}")
-        return ToolResult(
-            output="\n\n".join(blocks),
-            error="; ".join(errors) if errors else None,
-            units=list(records),
-            tool=self.name,
-        )
+        return self.make_result(records, blocks)
 
     def __repr__(self) -> str:
         spec = self._spec if isinstance(self._spec, str) else type(self._spec).__name__

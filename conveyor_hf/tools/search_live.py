@@ -25,7 +25,8 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable
 
-from conveyor_hf.tools.search import SearchError, SearchHit, SearchUnavailable, _trim
+from conveyor_hf.text import shorten
+from conveyor_hf.tools.search_backend import SearchError, SearchHit, SearchUnavailable
 
 _OFFLINE_HINT = (
     "use SearchTool(backend='offline') for the embedded offline corpus, "
@@ -121,8 +122,7 @@ def _short_reason(exc: BaseException) -> str:
     message = str(exc) or type(exc).__name__
     if "dns" in message.lower():
         return "cannot resolve the search host (DNS error: is there an internet connection?)"
-    message = " ".join(message.split())
-    return message[:200] + ("\u2026" if len(message) > 200 else "")
+    return shorten(message, 200)
 
 
 class LiveSearchBackend:
@@ -323,9 +323,9 @@ class LiveSearchBackend:
 
     def _hit(self, item: dict) -> SearchHit:
         return SearchHit(
-            title=_trim(str(item.get("title") or ""), 200),
+            title=shorten(str(item.get("title") or ""), 200, at_word=True),
             url=str(item.get("href") or item.get("url") or ""),
-            snippet=_trim(str(item.get("body") or item.get("snippet") or ""), self.snippet_chars),
+            snippet=shorten(str(item.get("body") or item.get("snippet") or ""), self.snippet_chars, at_word=True),
         )
 
     def __repr__(self) -> str:

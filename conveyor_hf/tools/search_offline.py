@@ -11,9 +11,10 @@ Sources (``OfflineSearchBackend(source=...)``):
   ``content`` (and optionally ``url``);
 - a ``.json`` file: a list of such objects, or a dict ``title -> object`` (the ovos format).
 
-The index is built once per source version and cached on disk under
-``$CONVEYOR_HF_CACHE/search`` (default ``~/.cache/conveyor_hf/search``), named by a hash of
-the source path, size and modification time. It is written to a temporary file and renamed
+The index is built once per source version and cached on disk in ``search/`` under
+:func:`conveyor_hf.cache.cache_root` (``$CONVEYOR_HF_CACHE``, else
+``$XDG_CACHE_HOME/conveyor_hf``, else ``~/.cache/conveyor_hf``), named by a hash of the
+source path, size and modification time. It is written to a temporary file and renamed
 into place, so concurrent processes never see a half-built index.
 
 Model text never reaches FTS5 syntax: the query is split into letter/digit tokens, each
@@ -42,7 +43,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from conveyor_hf.tools.search import SearchError, SearchHit, SearchUnavailable
+from conveyor_hf.cache import cache_root
+from conveyor_hf.text import shorten
+from conveyor_hf.tools.search_backend import SearchError, SearchHit, SearchUnavailable
 
 #: Bump when the index schema changes: old cache files are then ignored.
 INDEX_VERSION = 2
@@ -61,17 +64,6 @@ _STOPWORDS = frozenset(
 MAX_QUERY_TOKENS = 32
 #: Documents longer than this get a match-centred snippet instead of their opening.
 LONG_DOCUMENT_CHARS = 2000
-
-
-def default_cache_dir() -> Path:
-    """``$CONVEYOR_HF_CACHE/search``, else ``$XDG_CACHE_HOME/conveyor_hf/search``, else
-    ``~/.cache/conveyor_hf/search``."""
-    root = os.environ.get("CONVEYOR_HF_CACHE")
-    if root:
-        return Path(root).expanduser() / "search"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "conveyor_hf" / "search"
 
 
 def default_corpus_path() -> Path:
@@ -113,21 +105,13 @@ def _norm_title(title: str) -> str:
     return " ".join("".join(c for c in decomposed if not unicodedata.combining(c)).split())
 
 
-def _lead(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    if len(text) <= limit:
-        return text
-    cut = text[:limit]
-    cut = cut.rsplit(" ", 1)[0] if " " in cut else cut
-    return cut.rstrip(" ,;:") + "\u2026"
-
-
 class OfflineSearchBackend:
     """Full-text search over a local collection (SQLite FTS5, BM25, title-weighted).
 
     Args:
       source: see the module docstring; ``None`` is the Wikipedia summaries corpus.
-      cache_dir: where built indexes live (default :func:`default_cache_dir`).
+      cache_dir: where built indexes live (default ``search/`` of
+        :func:`conveyor_hf.cache.cache_root`).
       latency: seconds added to every query to *emulate* a network round trip
         (benchmarks only; labelled in :meth:`describe`).
       snippet_chars: length of each hit's snippet.
@@ -148,7 +132,7 @@ class OfflineSearchBackend:
         if latency < 0:
             raise ValueError(f"OfflineSearchBackend(latency={latency!r}) must be >= 0 seconds")
         self._source_arg = None if source is None else Path(source).expanduser()
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else cache_root() / "search"
         #: Seconds of emulated network latency added to each query (0: none).
         self.emulated_latency = float(latency)
         self.snippet_chars = int(snippet_chars)
@@ -277,7 +261,7 @@ class OfflineSearchBackend:
                 title, url, body = conn.execute(
                     "SELECT title, url, body FROM docs WHERE rowid = ?", (docid,)
                 ).fetchone()
-                hits[docid] = SearchHit(title, url, _lead(body, self.snippet_chars), 0.0)
+                hits[docid] = SearchHit(title, url, shorten(body, self.snippet_chars, at_word=True), 0.0)
             for expression in expressions:
                 if len(hits) >= k:
                     break
@@ -291,7 +275,7 @@ class OfflineSearchBackend:
                     if docid in hits or len(hits) >= k:
                         continue
                     text = snippet if len(body) > LONG_DOCUMENT_CHARS else body
-                    hits[docid] = SearchHit(title, url, _lead(text, self.snippet_chars), score)
+                    hits[docid] = SearchHit(title, url, shorten(text, self.snippet_chars, at_word=True), score)
         return list(hits.values())
 
     def __repr__(self) -> str:
