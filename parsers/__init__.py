@@ -22,6 +22,7 @@ _EXPORTS = {
     "JsonObjectParser": "parsers.json_object",
     "LineParser": "parsers.lines",
     "PythonStatementParser": "parsers.python_statements",
+    "SQLStatementParser": "parsers.sql_statements",
     "PlanParser": "parsers.plan",
     "PlanTask": "parsers.plan",
 }

@@ -4,6 +4,9 @@ statically or stopped by the child's time and memory limits, with the tool alive
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,10 +14,11 @@ import sympy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conveyor_hf.tools import calc_worker
+from conveyor_hf.tools import calc_policy
 from conveyor_hf.tools.base import SideEffect
-from conveyor_hf.tools.calc_worker import CalcError, Limits, evaluate, validate
-from conveyor_hf.tools.calculator import CalculatorTool
+from conveyor_hf.tools.calc_policy import CalcError, Limits, validate
+from conveyor_hf.tools.calc_sympy import evaluate
+from conveyor_hf.tools.calculator import BOOT, PACKAGE_DIR, CalculatorTool
 from parsers.lines import LineParser
 from parsers.unit import Unit
 
@@ -206,7 +210,7 @@ def test_there_are_many_hostile_cases():
 )
 def test_refusals_name_the_construct(expression, named):
     with pytest.raises(CalcError) as info:
-        validate(calc_worker.normalize(expression))
+        validate(calc_policy.normalize(expression))
     assert named in str(info.value)
 
 
@@ -260,10 +264,25 @@ def test_close_stops_the_worker():
     tool.close()
 
 
+def test_the_child_imports_only_the_calculator_modules():
+    """No package ``__init__`` runs in the child: of this project it holds what the calculator needs."""
+    listing = (
+        "import json\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('conveyor_hf', 'parsers'))))\n"
+    )
+    assert BOOT.endswith("main()\n")
+    done = subprocess.run([sys.executable, "-c", BOOT.replace("main()\n", listing), str(PACKAGE_DIR)],
+                          capture_output=True, text=True, timeout=60, cwd="/")
+    assert json.loads(done.stdout) == [
+        "conveyor_hf", "conveyor_hf.text", "conveyor_hf.tools", "conveyor_hf.tools.calc_policy",
+        "conveyor_hf.tools.calc_sympy", "conveyor_hf.tools.calc_worker",
+    ], done.stderr
+
+
 # -- no eval anywhere, and validation never crashes ----------------------------------------
-@pytest.mark.parametrize("module", ["calc_worker.py", "calculator.py"])
+@pytest.mark.parametrize("module", ["calc_policy.py", "calc_sympy.py", "calc_worker.py", "calculator.py"])
 def test_no_dynamic_evaluation_of_text(module):
-    source = (Path(calc_worker.__file__).parent / module).read_text()
+    source = (Path(calc_policy.__file__).parent / module).read_text()
     banned_names = {"eval", "exec", "compile", "sympify", "parse_expr", "__import__"}
     banned_attributes = {"eval", "exec", "sympify", "parse_expr", "S"}
     for node in ast.walk(ast.parse(source)):

@@ -29,6 +29,7 @@ def py():
     tool = PythonTool(timeout=1, max_output_chars=1000, interrupt_grace=1)
     yield tool
     tool.close()
+    assert not os.path.exists(tool.cwd)  # its working directory goes with it
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,7 @@ def plain():
     )
     yield tool
     tool.close()
+    assert not os.path.exists(tool.cwd)
 
 
 @pytest.fixture(params=["sandboxed", "plain"])

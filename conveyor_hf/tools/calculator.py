@@ -2,7 +2,7 @@
 
 Model text is never handed to ``eval``, ``exec``, ``sympify`` or ``parse_expr``. Each
 expression is parsed with ``ast`` and checked against an allow-list and static size limits
-(:mod:`conveyor_hf.tools.calc_worker` documents what is allowed); refusals are immediate and
+(:mod:`conveyor_hf.tools.calc_policy` documents what is allowed); refusals are immediate and
 name the offending construct. What passes is evaluated in a persistent child process, which
 validates it again with the same code, builds sympy objects node by node, and runs under a
 memory limit (``RLIMIT_AS``). The parent waits ``time_limit`` seconds for the answer, then
@@ -34,30 +34,40 @@ from pathlib import Path
 from typing import Any
 
 from conveyor_hf.tools.base import SideEffect, Tool, UnitOutput
-from conveyor_hf.tools.calc_worker import CalcError, Limits, normalize, validate
+from conveyor_hf.tools.calc_policy import CalcError, Limits, normalize, validate
+from conveyor_hf.tools.priority import DEFAULT_NICENESS, check_niceness, lower_priority
 from conveyor_hf.tools.sandbox import Sandbox, SandboxPolicy, contained_pid, kill_sandbox, resolve_sandbox
 from parsers.lines import LineParser
 from parsers.unit import Unit
 
-_WORKER_FILE = Path(__file__).with_name("calc_worker.py")
-# Load calc_worker.py by path, without the current directory on sys.path, so the child
-# imports nothing but the standard library and sympy (no package __init__, no shadowing).
-_BOOT = (
-    "import sys, importlib.util as u\n"
+#: The ``conveyor_hf`` package directory: the child reads its modules from there.
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+#: The child's program (``python -c BOOT PACKAGE_DIR``). It drops the current directory from
+#: ``sys.path`` (no shadowing) and puts stand-ins for the two packages in ``sys.modules``, so
+#: that importing :mod:`conveyor_hf.tools.calc_worker` runs no package ``__init__``: the child
+#: holds the calculator's modules, :mod:`conveyor_hf.text`, the standard library and sympy.
+BOOT = (
+    "import sys, types\n"
     "sys.path[:] = [p for p in sys.path if p not in ('', '.')]\n"
-    "s = u.spec_from_file_location('conveyor_calc_worker', sys.argv[1])\n"
-    "m = sys.modules[s.name] = u.module_from_spec(s)\n"
-    "s.loader.exec_module(m); m.main()\n"
+    "for name, path in (('conveyor_hf', sys.argv[1]), ('conveyor_hf.tools', sys.argv[1] + '/tools')):\n"
+    "    sys.modules[name] = types.ModuleType(name)\n"
+    "    sys.modules[name].__path__ = [path]\n"
+    "from conveyor_hf.tools.calc_worker import main\n"
+    "main()\n"
 )
+#: What the child's command line contains (how its pid is found inside a sandbox).
+_MARKER = "conveyor_hf.tools.calc_worker"
 
 
 class CalcWorker:
     """A persistent child process that evaluates validated expressions.
 
     One request at a time (a lock); a request that outlives ``time_limit`` gets the child
-    killed and a new one started. The child exits by itself when the parent goes away
-    (its stdin closes). With a ``sandbox`` the child runs contained; killing it kills its
-    whole sandbox (the child has a process group of its own).
+    killed and a new one started. The child dies when this process goes away, even in the
+    middle of an evaluation (:func:`~conveyor_hf.tools.calc_worker.exit_with_parent`). With
+    a ``sandbox`` the child runs contained; killing it kills its whole sandbox (the child has
+    a process group of its own). It runs at nice ``niceness``
+    (:mod:`conveyor_hf.tools.priority`; None: this process's priority).
     """
 
     def __init__(
@@ -68,12 +78,14 @@ class CalcWorker:
         memory_limit: int = 1 << 30,
         start_timeout: float = 60.0,
         sandbox: Sandbox | None = None,
+        niceness: int | None = DEFAULT_NICENESS,
     ) -> None:
         self.limits = limits
         self.sandbox = sandbox
         self.time_limit = float(time_limit)
         self.memory_limit = int(memory_limit)
         self.start_timeout = float(start_timeout)
+        self.niceness = check_niceness(niceness, owner=type(self).__name__)
         #: Children started so far (1 + restarts after kills and crashes).
         self.starts = 0
         self._proc: subprocess.Popen[bytes] | None = None
@@ -92,7 +104,7 @@ class CalcWorker:
             return None
         if self.sandbox is not None and self._ready:
             if self._inner_pid is None:
-                self._inner_pid = contained_pid(self._proc.pid, _WORKER_FILE.name)
+                self._inner_pid = contained_pid(self._proc.pid, _MARKER)
             return self._inner_pid or self._proc.pid
         return self._proc.pid
 
@@ -106,9 +118,9 @@ class CalcWorker:
             return
         self._kill()
         self._stderr = tempfile.TemporaryFile()
-        argv = [sys.executable, "-c", _BOOT, str(_WORKER_FILE)]
+        argv = [sys.executable, "-c", BOOT, str(PACKAGE_DIR)]
         if self.sandbox is not None:
-            argv = self.sandbox.command(argv, cwd=None, readable=[str(_WORKER_FILE)])
+            argv = self.sandbox.command(argv, cwd=None, readable=[str(PACKAGE_DIR)])
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
@@ -123,6 +135,7 @@ class CalcWorker:
         proc.stdin.flush()
         self._proc, self._buffer, self._ready, self._inner_pid = proc, b"", False, None
         self.starts += 1
+        lower_priority(proc.pid, self.niceness)  # unsandboxed, the child itself: before sympy loads
         self._finalizer = weakref.finalize(self, _kill_process, proc, self.sandbox is not None)
 
     def _kill(self) -> None:
@@ -155,6 +168,8 @@ class CalcWorker:
                         f"`pip install sympy`){detail}"
                     )
                 self._ready = True
+                if self.sandbox is not None:
+                    lower_priority(self.pid, self.niceness)  # the child inside, in its own session
             self._next_id += 1
             request = {"id": self._next_id, "expr": expression}
             try:
@@ -243,10 +258,12 @@ class CalculatorTool(Tool):
     Args:
       time_limit: seconds one expression may compute before its child is killed.
       memory_limit: address-space limit of the child process, bytes.
-      limits: static limits (:class:`~conveyor_hf.tools.calc_worker.Limits`).
+      limits: static limits (:class:`~conveyor_hf.tools.calc_policy.Limits`).
       sandbox: ``"auto"`` (default: contained when this machine can, else a one-time
         warning), ``True`` (required), ``False`` (opt out) or a
         :class:`~conveyor_hf.tools.sandbox.SandboxPolicy`.
+      niceness: the child's nice value (default 10: a lower priority than decoding); None
+        leaves it at this process's priority.
     """
 
     name = "calculator"
@@ -276,6 +293,7 @@ class CalculatorTool(Tool):
         memory_limit: int = 1 << 30,
         limits: Limits | None = None,
         sandbox: bool | str | SandboxPolicy | Sandbox = "auto",
+        niceness: int | None = DEFAULT_NICENESS,
     ) -> None:
         if time_limit <= 0:
             raise ValueError(f"CalculatorTool(time_limit={time_limit!r}) must be > 0 seconds")
@@ -283,7 +301,8 @@ class CalculatorTool(Tool):
         #: The sandbox the evaluating child runs in, or None.
         self.sandbox: Sandbox | None = resolve_sandbox(sandbox, tool=type(self).__name__)
         self.worker = CalcWorker(
-            self.limits, time_limit=time_limit, memory_limit=memory_limit, sandbox=self.sandbox
+            self.limits, time_limit=time_limit, memory_limit=memory_limit, sandbox=self.sandbox,
+            niceness=niceness,
         )
         # A unit may wait for the child to start (sympy import) and then compute.
         self.timeout = self.worker.start_timeout + time_limit

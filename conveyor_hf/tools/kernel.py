@@ -1,12 +1,10 @@
-"""One Jupyter kernel in a child process, driven by the one thread that owns its client.
+"""``KernelSession``: one Jupyter kernel in a child process, callable from any thread.
 
 :class:`KernelSession` starts an IPython kernel (``jupyter_client`` + ``ipykernel``) and
 runs code in it. ``jupyter_client`` sockets are not thread-safe, so every kernel
-operation (start, execute, interrupt, restart, shutdown) happens on one dedicated
-daemon thread per session, fed through a queue; the public methods only enqueue a
-request and wait for its result, so any thread may call them. While code runs, that
-thread blocks on the kernel's sockets and its process (a pidfd): it wakes for messages,
-for the kernel's death or for a deadline, never on a timer.
+operation happens on the one thread of the session's
+:class:`~conveyor_hf.tools.kernel_worker.KernelWorker`; the public methods only enqueue a
+request and wait for its result, so any thread may call them.
 
 Guarantees: a unit of code never hangs its caller (a timeout interrupts the kernel and,
 if it does not go idle within ``interrupt_grace`` seconds, kills and restarts it); a
@@ -14,8 +12,10 @@ kernel that dies is reported and replaced by a fresh one right away, into which 
 statements that had run successfully are replayed (``replay_on_restart``) so the
 conversation's state survives; output is capped (head and tail kept) in the kernel
 itself and again while it is collected, so a flood of output costs this process
-nothing; the kernel's data segment is limited with ``RLIMIT_DATA``; closing the
-session, or dropping it, kills the kernel and everything it started.
+nothing; the kernel's data segment is limited with ``RLIMIT_DATA``; the kernel runs at
+a lower CPU priority than decoding (``niceness``); closing the session, dropping it, or
+this process's death kills the kernel and everything it started, and closing removes its
+directories (:mod:`conveyor_hf.tools.workdir` sweeps those a killed process left).
 
 With a :class:`~conveyor_hf.tools.sandbox.Sandbox` the kernel runs contained (no
 network, read-only filesystem except its working directory, own PID namespace,
@@ -36,881 +36,34 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import concurrent.futures
-import functools
-import json
 import os
-import queue
-import re
-import signal
-import subprocess
-import tempfile
-import threading
-import time
 import weakref
-from dataclasses import dataclass
-from typing import Any
 
-from conveyor_hf.tools.sandbox import Sandbox, Workdir, contained_pid
-
-#: Seconds between two liveness checks of the kernel process while waiting for output,
-#: used only where a process cannot be waited on directly (no pidfd).
-_ALIVE_EVERY = 0.1
-#: Characters of output the kernel itself sends per statement at most (head and tail each),
-#: unless a larger per-statement cap is asked for; the rest never leaves the kernel.
-OUTPUT_GUARD_CHARS = 1 << 20
-#: The display-data type by which the kernel says how many characters of output it cut.
-_CUT_MIMETYPE = "application/vnd.conveyor.cut+json"
-#: The display-data type by which the kernel says it killed what hit the process limit.
-_REAPED_MIMETYPE = "application/vnd.conveyor.reaped+json"
-#: Most statements (and characters) remembered for replay after a kernel restart.
-_REPLAY_MAX_STATEMENTS = 2000
-_REPLAY_MAX_CHARS = 1_000_000
-
-#: The "(1234567.py, line 1)" IPython appends to a SyntaxError raised in a cell.
-_CELL_LOCATION = re.compile(r" \(\d+\.py, line \d+\)$")
-_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
-
-
-def strip_ansi(text: str) -> str:
-    """``text`` without ANSI escape sequences (colours, cursor moves)."""
-    return _ANSI.sub("", text)
-
-
-class CappedText:
-    """A text sink that keeps at most ``limit`` characters: the head and the tail.
-
-    Memory stays bounded however much is written, so a statement that prints gigabytes
-    cannot exhaust the collector. ``limit=None`` keeps everything.
-
-    >>> sink = CappedText(10)
-    >>> sink.write("0123456789" * 3)
-    >>> sink.getvalue()
-    '01234\\n... [20 characters cut] ...\\n56789'
-    """
-
-    def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self.total = 0
-        self._head: list[str] = []
-        self._head_room = limit - limit // 2 if limit is not None else None
-        self._tail: collections.deque[str] = collections.deque()
-        self._tail_len = 0
-        self._tail_limit = limit // 2 if limit is not None else 0
-
-    def write(self, text: str) -> None:
-        if not text:
-            return
-        self.total += len(text)
-        if self._head_room is None:
-            self._head.append(text)
-            return
-        if self._head_room > 0:
-            taken = text[: self._head_room]
-            self._head.append(taken)
-            self._head_room -= len(taken)
-            text = text[len(taken) :]
-        if not text or self._tail_limit == 0:
-            return
-        if len(text) >= self._tail_limit:
-            self._tail.clear()
-            self._tail.append(text[-self._tail_limit :])
-            self._tail_len = self._tail_limit
-            return
-        self._tail.append(text)
-        self._tail_len += len(text)
-        while self._tail_len > self._tail_limit:
-            excess = self._tail_len - self._tail_limit
-            first = self._tail[0]
-            if len(first) <= excess:
-                self._tail.popleft()
-                self._tail_len -= len(first)
-            else:
-                self._tail[0] = first[excess:]
-                self._tail_len -= excess
-
-    def skip(self, count: int) -> None:
-        """Count ``count`` characters that were cut before they got here (by the kernel)."""
-        if count <= 0:
-            return
-        self.total += count
-        if self._head_room is not None and self._head_room > 0:
-            self._head_room = 0  # what follows the cut belongs to the tail, never to the head
-        self._tail.clear()
-        self._tail_len = 0
-
-    @property
-    def cut(self) -> int:
-        """How many characters were dropped from the middle."""
-        kept = sum(map(len, self._head)) + self._tail_len
-        return self.total - kept
-
-    def getvalue(self) -> str:
-        head, tail = "".join(self._head), "".join(self._tail)
-        cut = self.total - len(head) - len(tail)
-        if cut <= 0:
-            return head + tail
-        before = "" if not head or head.endswith("\n") else "\n"
-        return f"{head}{before}... [{cut} characters cut] ...\n{tail}"
-
-
-@dataclass
-class Execution:
-    """What running one piece of code produced.
-
-    ``output`` is stdout, stderr, displayed values (``text/plain``) and the formatted
-    traceback, in the order they arrived, ANSI-free and capped. ``error`` is a one-line
-    message (``ZeroDivisionError: division by zero``, a timeout, a dead kernel) or None.
-    ``status`` is ``ok``, ``error``, ``timeout``, ``restarted`` (timed out and the kernel
-    had to be restarted), ``died`` or ``closed``. After a restart ``restored`` says what
-    the replay of the earlier statements brought back (None when nothing was replayed).
-    """
-
-    output: str = ""
-    error: str | None = None
-    status: str = "ok"
-    duration: float = 0.0
-    restored: str | None = None
-
-
-class KernelError(RuntimeError):
-    """The kernel could not be started."""
-
-
-class SessionClosed(KernelError):
-    """The session was closed; create a new one."""
-
-
-# -- code run inside the kernel once it starts ----------------------------------------------
-
-#: Set up the kernel: plain tracebacks, the memory limit, the output guard, and (sandboxed)
-#: the process-limit reaper and the CPU limit per statement. Everything lives in closures,
-#: so the user's namespace stays clean. ``config`` is filled in as JSON.
-_KERNEL_SETUP = r'''
-def _conveyor_setup(config):
-    import collections, os, resource, signal, threading
-    ip = get_ipython()
-    ip.run_line_magic("xmode", "Plain")
-    me = os.getpid()
-
-    memory = config.get("memory")
-    if memory:
-        hard = resource.getrlimit(resource.RLIMIT_DATA)[1]
-        if hard != resource.RLIM_INFINITY:
-            memory = min(memory, hard)
-        resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
-
-    guard = config.get("guard")
-    if guard:
-        from ipykernel.iostream import OutStream
-        from IPython.display import publish_display_data
-
-        lock = threading.Lock()
-        state = {"on": False, "room": guard, "tail": collections.deque(), "tail_len": 0, "cut": 0}
-        original = OutStream.write
-
-        def write(self, text):
-            if not state["on"] or not isinstance(text, str):
-                return original(self, text)
-            with lock:
-                passed, rest = text[:state["room"]], text[state["room"]:]
-                state["room"] -= len(passed)
-                tail = state["tail"]
-                if rest:
-                    tail.append([self, rest])
-                    state["tail_len"] += len(rest)
-                while state["tail_len"] > guard:
-                    excess = state["tail_len"] - guard
-                    if len(tail[0][1]) <= excess:
-                        dropped = len(tail.popleft()[1])
-                    else:
-                        dropped = excess
-                        tail[0][1] = tail[0][1][excess:]
-                    state["tail_len"] -= dropped
-                    state["cut"] += dropped
-            if passed:
-                original(self, passed)
-            return len(text)
-
-        def start(*_):
-            with lock:
-                state.update(on=True, room=guard, tail_len=0, cut=0)
-                state["tail"].clear()
-
-        def finish(*_):
-            with lock:
-                state["on"] = False
-                cut, pieces = state["cut"], list(state["tail"])
-                state.update(tail_len=0, cut=0)
-                state["tail"].clear()
-            if cut:
-                publish_display_data({config["cut_mimetype"]: {"cut": cut}})
-            for stream, piece in pieces:
-                original(stream, piece)
-
-        OutStream.write = write
-        ip.events.register("pre_run_cell", start)
-        ip.events.register("post_run_cell", finish)
-
-    limit = config.get("reap")
-    try:
-        in_sandbox = open("/proc/1/comm").read().strip() == "bwrap" and me < 64
-    except OSError:
-        in_sandbox = False
-    if limit and in_sandbox:
-        def census():
-            threads, others = 0, []
-            for name in os.listdir("/proc"):
-                if not name.isdigit():
-                    continue
-                try:
-                    threads += len(os.listdir("/proc/" + name + "/task"))
-                except OSError:
-                    continue
-                if int(name) not in (1, me):
-                    others.append(int(name))
-            return threads, others
-
-        def reap(*_):
-            if os.getpid() != me:
-                return
-            threads, others = census()
-            if threads < limit * 3 // 4:  # a fork bomb's leftovers, or a kernel that could not go on
-                return
-            import time
-
-            killed = set()
-            give_up = time.monotonic() + 5.0  # until the killed are reaped too (by us or bwrap)
-            while True:
-                for pid in others:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                        killed.add(pid)
-                    except OSError:
-                        pass
-                while True:
-                    try:
-                        pid, _status = os.waitpid(-1, os.WNOHANG)
-                    except ChildProcessError:
-                        break
-                    if pid == 0:
-                        break
-                _, others = census()
-                if not others or time.monotonic() > give_up:
-                    break
-                time.sleep(0.005)
-            from IPython.display import publish_display_data
-
-            publish_display_data({config["reaped_mimetype"]: {"killed": len(killed), "limit": limit}})
-
-        ip.events.register("post_run_cell", reap)
-
-    cpu = config.get("cpu")
-    if cpu:
-        unlimited = resource.getrlimit(resource.RLIMIT_CPU)[1]
-
-        def arm(*_):
-            usage = resource.getrusage(resource.RUSAGE_SELF)
-            soft = -int(-(usage.ru_utime + usage.ru_stime + cpu) // 1)  # whole seconds, rounded up
-            if unlimited != resource.RLIM_INFINITY:
-                soft = min(soft, unlimited)
-            resource.setrlimit(resource.RLIMIT_CPU, (soft, unlimited))
-
-        def disarm(*_):
-            resource.setrlimit(resource.RLIMIT_CPU, (unlimited, unlimited))
-
-        def exceeded(signum, frame):
-            disarm()
-            raise TimeoutError(f"the statement used more than {cpu:g} CPU seconds (the limit per statement)")
-
-        signal.signal(signal.SIGXCPU, exceeded)
-        ip.events.register("pre_run_cell", arm)
-        ip.events.register("post_run_cell", disarm)
-
-
-_conveyor_setup(CONFIG)
-del _conveyor_setup
-'''
-
-#: Lists the user's variables after a replay (IPython's ``%who_ls``), one per line.
-_NAMES_CODE = "print('\\n'.join(get_ipython().run_line_magic('who_ls', '')))\n"
-
-
-@functools.lru_cache(maxsize=1)
-def _sandboxed_manager_class() -> type:
-    """A ``KernelManager`` whose launch command goes through ``self.wrap_command``."""
-    from jupyter_client.manager import KernelManager
-
-    class SandboxedKernelManager(KernelManager):
-        wrap_command: Any = None
-
-        def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
-            command = super().format_kernel_cmd(extra_arguments)
-            return self.wrap_command(command) if self.wrap_command is not None else command
-
-    return SandboxedKernelManager
-
-
-# -- the worker: owns the KernelManager and client; lives on its own thread ----------
-
-
-class _Worker:
-    """The kernel's owner. Only its thread touches ``km`` and ``kc``."""
-
-    def __init__(
-        self,
-        *,
-        kernel_name: str,
-        cwd: str,
-        memory_limit_mb: int | None,
-        startup_timeout: float,
-        interrupt_grace: float,
-        label: str,
-        sandbox: Sandbox | None,
-        replay_on_restart: bool,
-        output_guard_chars: int | None,
-    ) -> None:
-        self.kernel_name = kernel_name
-        self.cwd = cwd
-        self.memory_limit_mb = memory_limit_mb
-        self.startup_timeout = startup_timeout
-        self.interrupt_grace = interrupt_grace
-        self.sandbox = sandbox
-        self.replay_on_restart = replay_on_restart
-        self.output_guard_chars = output_guard_chars
-        self.requests: queue.Queue[tuple[str, tuple[Any, ...], concurrent.futures.Future]] = (
-            queue.Queue()
-        )
-        self.closing = threading.Event()
-        # A byte written here wakes the thread out of its wait on the kernel (close()).
-        self.wake_read, self.wake_write = os.pipe()
-        os.set_blocking(self.wake_read, False)
-        self.wake_lock = threading.Lock()  # no write to the pipe once it is closed (fds get reused)
-        self.wake_open = True
-        self.km: Any = None
-        self.kc: Any = None
-        self.pid: int | None = None
-        self.pgid: int | None = None
-        self.launched_pid: int | None = None
-        self.pidfd: int | None = None
-        self.stderr: Any = None
-        self.starts = 0
-        self.runtime: Workdir | None = None
-        self.needs_restart = False
-        #: ``(code, timeout)`` of each statement that ran successfully, for replay.
-        self.history: list[tuple[str, float | None]] = []
-        self.history_chars = 0
-        self.history_overflow = False
-        self.thread = threading.Thread(
-            target=self.loop, name=f"conveyor-{label}-kernel", daemon=True
-        )
-        self.thread.start()
-
-    # -- request loop ----------------------------------------------------------------
-    def submit(self, kind: str, *args: Any) -> concurrent.futures.Future:
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        if self.closing.is_set() and kind != "close":
-            future.set_exception(SessionClosed("the Python kernel session is closed"))
-            return future
-        self.requests.put((kind, args, future))
-        return future
-
-    def wake(self) -> None:
-        with self.wake_lock:
-            if not self.wake_open:
-                return
-            try:
-                os.write(self.wake_write, b"x")
-            except OSError:
-                pass
-
-    def loop(self) -> None:
-        try:
-            while True:
-                kind, args, future = self.requests.get()
-                if kind == "close" or self.closing.is_set():
-                    self.shutdown()
-                    if kind == "close":
-                        future.set_result(None)
-                    else:
-                        future.set_exception(SessionClosed("the Python kernel session is closed"))
-                    self._fail_pending()
-                    return
-                if not future.set_running_or_notify_cancel():
-                    continue
-                try:
-                    result = getattr(self, f"do_{kind}")(*args)
-                except BaseException as exc:  # delivered to the caller, never lost
-                    future.set_exception(exc)
-                else:
-                    future.set_result(result)
-                if self.needs_restart and not self.closing.is_set():
-                    self._replace_quietly()
-        finally:
-            self.shutdown()
-            with self.wake_lock:
-                self.wake_open = False
-                for fd in (self.wake_read, self.wake_write):
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
-            if self.runtime is not None:
-                self.runtime.close()
-            self._close_event_loop()
-
-    def _fail_pending(self) -> None:
-        while True:
-            try:
-                _, _, future = self.requests.get_nowait()
-            except queue.Empty:
-                return
-            if not future.done():
-                future.set_exception(SessionClosed("the Python kernel session is closed"))
-
-    @staticmethod
-    def _close_event_loop() -> None:
-        # jupyter_client's sync wrappers create one asyncio loop per thread; close ours.
-        try:
-            loop = asyncio.get_event_loop_policy().get_event_loop()
-        except RuntimeError:
-            return
-        if not loop.is_running():
-            loop.close()
-
-    # -- kernel life cycle -------------------------------------------------------------
-    def do_ensure(self) -> int | None:
-        self._ensure()
-        return self.pid
-
-    def do_restart(self) -> int | None:
-        self.shutdown()
-        self._forget_history()
-        self.start()
-        return self.pid
-
-    def _ensure(self) -> str:
-        """Start the kernel if there is none or it died; returns a notice for the user."""
-        if self.km is None:
-            self.start()
-            return ""
-        if not self._alive():
-            how = self._exit_description()
-            restored = self._restart_and_replay()
-            return f"[the Python kernel had died{how} since the last run; it was restarted, {restored}]\n"
-        return ""
-
-    def _replace_quietly(self) -> None:
-        """Restart after a failed replay, so the next request finds a kernel."""
-        self.needs_restart = False
-        self.shutdown()
-        try:
-            self.start()
-        except Exception:  # the next request retries and reports the failure
-            self.shutdown()
-
-    def _forget_history(self) -> None:
-        self.history.clear()
-        self.history_chars = 0
-        self.history_overflow = False
-
-    def _remember(self, code: str, timeout: float | None) -> None:
-        if self.history_overflow:
-            return
-        if len(self.history) >= _REPLAY_MAX_STATEMENTS or self.history_chars + len(code) > _REPLAY_MAX_CHARS:
-            self.history_overflow = True
-            return
-        self.history.append((code, timeout))
-        self.history_chars += len(code)
-
-    def _restart_and_replay(self) -> str:
-        """Replace a dead (or stuck) kernel and replay the history; says what was restored.
-
-        Raises :class:`KernelError` if no new kernel starts.
-        """
-        self.shutdown()
-        self.start()
-        if not self.replay_on_restart:
-            self._forget_history()
-            return "state lost (re-run imports and definitions)"
-        if self.history_overflow:
-            self._forget_history()
-            return (
-                f"state lost (more than {_REPLAY_MAX_STATEMENTS} statements or "
-                f"{_REPLAY_MAX_CHARS} characters ran before, too many to replay)"
-            )
-        if not self.history:
-            return "nothing to restore (no statement had run successfully before)"
-        failures: list[str] = []
-        replayed = 0
-        for code, timeout in self.history:
-            result = self._run(code, timeout=timeout, limit=200, silent=False)
-            if result.status in ("died", "restarted", "closed"):
-                self._forget_history()
-                self.needs_restart = result.status != "closed"
-                return (
-                    f"but replaying the earlier statements failed at {_first_line(code)!r} ({result.error}); "
-                    "state lost (re-run imports and definitions)"
-                )
-            replayed += 1
-            if result.status != "ok":
-                failures.append(f"{_first_line(code)!r}: {result.error}")
-        names = self._user_names()
-        count = f"the {replayed} statement{'s' if replayed != 1 else ''} that had run successfully"
-        what = f"{count} were replayed"
-        if names:
-            shown = ", ".join(names[:12]) + (", …" if len(names) > 12 else "")
-            what += f" (state restored: {shown})"
-        else:
-            what += " (state restored)"
-        if failures:
-            what += f"; {len(failures)} of them failed this time: " + "; ".join(failures[:3])
-        return what
-
-    def _user_names(self) -> list[str]:
-        result = self._run(_NAMES_CODE, timeout=self.startup_timeout, limit=4000, silent=True)
-        if result.status != "ok":
-            return []
-        return [line for line in result.output.splitlines() if line.isidentifier()]
-
-    def start(self) -> None:
-        """Launch a kernel, wait until it answers, configure it. Raises KernelError."""
-        from jupyter_client.manager import KernelManager
-
-        self.starts += 1
-        try:
-            if self.runtime is None:
-                # Connection file and Unix sockets; private, and visible inside the sandbox.
-                self.runtime = (
-                    self.sandbox.workdir(prefix="conveyor-kernel-", quota=False)
-                    if self.sandbox is not None
-                    else Workdir(tempfile.mkdtemp(prefix="conveyor-kernel-"), owned=True, mounted=False)
-                )
-            base = os.path.join(self.runtime.path, f"kernel{self.starts}")
-            manager_class = _sandboxed_manager_class() if self.sandbox is not None else KernelManager
-            km = manager_class(
-                kernel_name=self.kernel_name, transport="ipc", ip=base, connection_file=base + ".json"
-            )
-            self.stderr = tempfile.TemporaryFile()
-            if self.sandbox is not None:
-                sandbox, runtime = self.sandbox, self.runtime.path
-                km.wrap_command = lambda command: sandbox.command(
-                    command, cwd=self.cwd, writable=[runtime], die_with_parent=True, cpu_limit=False
-                )
-                # The kernel runs in a session of its own inside bwrap: Jupyter's SIGINT to
-                # the launched process group would hit bwrap, so interrupts go as messages.
-                km.kernel_spec.interrupt_mode = "message"
-                km.write_connection_file()
-                sandbox.give(km.connection_file)
-            km.start_kernel(
-                cwd=self.cwd,
-                stdout=subprocess.DEVNULL,  # a quiet start: nothing on the user's terminal
-                stderr=self.stderr,
-                # History in memory: no sqlite file shared (and locked) by concurrent kernels.
-                extra_arguments=["--HistoryManager.hist_file=:memory:"],
-            )
-            self.km = km
-            self.launched_pid = getattr(km.provisioner, "pid", None)
-            self.pid = self.launched_pid
-            self.pgid = getattr(km.provisioner, "pgid", None)
-            self.pidfd = _pidfd(self.launched_pid)
-            self.kc = km.client()
-            self.kc.start_channels()
-            self.kc.wait_for_ready(timeout=self.startup_timeout)
-            if self.sandbox is not None:
-                self.pid = contained_pid(self.launched_pid, "ipykernel_launcher") or self.launched_pid
-            setup = self._run(
-                self._setup_code(), timeout=self.startup_timeout, limit=2000, silent=True
-            )
-        except Exception as exc:
-            detail = self._stderr_tail()
-            self.shutdown()
-            message = f"the Python kernel did not start: {type(exc).__name__}: {exc}{detail}"
-            raise KernelError(message) from exc
-        if setup.status != "ok":
-            self.shutdown()
-            raise KernelError(f"the Python kernel's setup failed: {setup.error}")
-
-    def _setup_code(self) -> str:
-        config: dict[str, Any] = {"cut_mimetype": _CUT_MIMETYPE, "reaped_mimetype": _REAPED_MIMETYPE}
-        if self.memory_limit_mb is not None:
-            config["memory"] = int(self.memory_limit_mb) * 1024 * 1024
-        if self.output_guard_chars:
-            config["guard"] = int(self.output_guard_chars)
-        if self.sandbox is not None:
-            policy = self.sandbox.policy
-            if policy.max_processes:
-                config["reap"] = int(policy.max_processes)
-            if policy.cpu_seconds:
-                config["cpu"] = float(policy.cpu_seconds)
-        return _KERNEL_SETUP.replace("CONFIG", json.dumps(config), 1)
-
-    def _stderr_tail(self) -> str:
-        try:
-            self.stderr.seek(0)
-            text = self.stderr.read()[-4000:].decode(errors="replace")
-        except (AttributeError, OSError, ValueError):
-            return ""
-        lines = [line for line in text.strip().splitlines() if line.strip()]
-        return f" ({lines[-1][:300]})" if lines else ""
-
-    def shutdown(self) -> None:
-        """Stop the channels and kill the kernel's process group. Never raises."""
-        kc, km, pgid = self.kc, self.km, self.pgid
-        self.kc = self.km = None
-        self.needs_restart = False
-        self.pid = self.pgid = self.launched_pid = None
-        if kc is not None:
-            try:
-                kc.stop_channels()
-            except Exception:
-                pass
-        if km is not None:
-            try:
-                km.shutdown_kernel(now=True)
-            except Exception:
-                pass
-        # Whatever the kernel spawned lives in its process group (or, sandboxed, in its PID
-        # namespace, which ends with bwrap): leave nothing behind.
-        kill_group(pgid)
-        if self.pidfd is not None:
-            try:
-                os.close(self.pidfd)
-            except OSError:
-                pass
-            self.pidfd = None
-        if self.stderr is not None:
-            try:
-                self.stderr.close()
-            except OSError:
-                pass
-            self.stderr = None
-
-    def _alive(self) -> bool:
-        try:
-            return bool(self.km is not None and self.km.is_alive())
-        except Exception:
-            return False
-
-    def _exit_description(self) -> str:
-        code = None
-        process = getattr(getattr(self.km, "provisioner", None), "process", None)
-        if process is not None:
-            code = process.poll()
-        if code is None:
-            return ""
-        if self.sandbox is not None and code > 128:
-            code = -(code - 128)  # bwrap exits with 128 + N when its program died of signal N
-        if code < 0:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:
-                name = f"signal {-code}"
-            hint = ", e.g. out of memory" if -code == signal.SIGKILL else ""
-            return f" (killed by {name}{hint})"
-        return f" (exit code {code})"
-
-    # -- execution ---------------------------------------------------------------------
-    def do_execute(self, code: str, timeout: float | None, limit: int | None) -> Execution:
-        notice = self._ensure()
-        result = self._run(code, timeout=timeout, limit=limit, silent=False)
-        if result.status == "ok":
-            self._remember(code, timeout)
-        elif result.status in ("died", "restarted"):
-            result = self._recover(result)
-        if notice:
-            result.output = notice + result.output
-        return result
-
-    def _recover(self, result: Execution) -> Execution:
-        """Restart after a death or a stuck timeout; the error says what was restored."""
-        if result.status == "died":
-            prefix = f"the Python kernel died{self._exit_description()} while running this code"
-        else:
-            prefix = result.error or "the Python kernel was restarted"
-        try:
-            restored = self._restart_and_replay()
-        except KernelError as exc:
-            self.shutdown()
-            result.error = f"{prefix}; it could not be restarted: {exc}"
-            return result
-        joiner = "; it was restarted, " if result.status == "died" else ", "
-        result.error = f"{prefix}{joiner}{restored}"
-        result.restored = restored
-        return result
-
-    def _drain_shell(self) -> None:
-        while True:
-            try:
-                self.kc.get_shell_msg(timeout=0)
-            except queue.Empty:
-                return
-
-    def _wait(self, poller: Any, seconds: float | None) -> tuple[bool, bool]:
-        """Block until iopub has a message, the kernel exits, close() wakes us, or ``seconds``.
-
-        Returns ``(message_ready, process_event)``.
-        """
-        import zmq
-
-        if self.pidfd is None:
-            seconds = _ALIVE_EVERY if seconds is None else min(seconds, _ALIVE_EVERY)
-        wait_ms = None if seconds is None else max(0, int(seconds * 1000) + 1)
-        events = dict(poller.poll(wait_ms))
-        message = bool(events.get(self.kc.iopub_channel.socket, 0) & zmq.POLLIN)
-        if self.wake_read in events:
-            try:
-                while os.read(self.wake_read, 4096):
-                    pass
-            except (BlockingIOError, OSError):
-                pass
-        died = self.pidfd in events if self.pidfd is not None else True
-        return message, died
-
-    def _run(
-        self, code: str, *, timeout: float | None, limit: int | None, silent: bool
-    ) -> Execution:
-        import zmq
-
-        kc = self.kc
-        self._drain_shell()
-        msg_id = kc.execute(
-            code, silent=silent, store_history=not silent, allow_stdin=False, stop_on_error=False
-        )
-        sink = CappedText(limit)
-        error: str | None = None
-        started = time.monotonic()
-        deadline = started + timeout if timeout is not None else None
-        interrupted_at: float | None = None
-        poller = zmq.Poller()
-        poller.register(kc.iopub_channel.socket, zmq.POLLIN)
-        poller.register(self.wake_read, zmq.POLLIN)
-        if self.pidfd is not None:
-            poller.register(self.pidfd, zmq.POLLIN)
-
-        def done(status: str, message: str | None) -> Execution:
-            return Execution(sink.getvalue(), message, status, time.monotonic() - started)
-
-        message_ready, process_event = True, False
-        while True:
-            if self.closing.is_set():
-                return done("closed", "the Python tool was closed while this code ran")
-            msg = None
-            if message_ready:
-                try:
-                    msg = kc.get_iopub_msg(timeout=0)
-                except queue.Empty:
-                    msg = None
-            if msg is not None:
-                if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                kind, content = msg["msg_type"], msg["content"]
-                if kind == "stream":
-                    sink.write(strip_ansi(content.get("text", "")))
-                elif kind in ("execute_result", "display_data"):
-                    data = content.get("data", {})
-                    cut = data.get(_CUT_MIMETYPE)
-                    if isinstance(cut, dict):
-                        sink.skip(int(cut.get("cut", 0)))
-                    reaped = data.get(_REAPED_MIMETYPE)
-                    if isinstance(reaped, dict):
-                        reap_error = (
-                            f"ProcessLimitError: the code reached the sandbox's limit of {reaped.get('limit')} "
-                            f"processes and threads; the {reaped.get('killed')} processes it left running were killed"
-                        )
-                        sink.write(reap_error + "\n")
-                        error = error or reap_error
-                    text = data.get("text/plain")
-                    if text:
-                        sink.write(strip_ansi(text).rstrip("\n") + "\n")
-                elif kind == "error":
-                    lines = [strip_ansi(line).rstrip("\n") for line in content.get("traceback", [])]
-                    sink.write("\n".join(lines).strip("\n") + "\n")
-                    ename, evalue = content.get("ename", "Error"), content.get("evalue", "")
-                    evalue = _CELL_LOCATION.sub("", evalue)  # IPython's internal cell file name
-                    error = f"{ename}: {evalue}" if evalue else ename
-                elif kind == "status" and content.get("execution_state") == "idle":
-                    self._drain_shell()
-                    if interrupted_at is not None:
-                        return done(
-                            "timeout",
-                            f"TimeoutError: timed out after {timeout:g}s; the code was interrupted"
-                            " (kernel state kept)",
-                        )
-                    return done("error" if error else "ok", error)
-                continue  # read everything that is there before waiting again
-            if process_event and not self._alive():
-                return done("died", "the Python kernel died while running this code")
-            now = time.monotonic()
-            if deadline is not None and interrupted_at is None and now >= deadline:
-                interrupted_at = now
-                try:
-                    self.km.interrupt_kernel()
-                except Exception:
-                    interrupted_at = now - self.interrupt_grace  # cannot interrupt: restart
-            if interrupted_at is not None and now - interrupted_at >= self.interrupt_grace:
-                return done(
-                    "restarted",
-                    f"TimeoutError: timed out after {timeout:g}s and did not stop when interrupted;"
-                    " the Python kernel was restarted",
-                )
-            if interrupted_at is not None:
-                wait = interrupted_at + self.interrupt_grace - now
-            elif deadline is not None:
-                wait = deadline - now
-            else:
-                wait = None
-            message_ready, process_event = self._wait(poller, wait)
-
-
-def _first_line(code: str) -> str:
-    line = code.strip().splitlines()[0] if code.strip() else ""
-    return line if len(line) <= 60 else line[:59] + "…"
-
-
-def _pidfd(pid: int | None) -> int | None:
-    """A file descriptor that becomes readable when process ``pid`` exits (Linux ≥ 5.3)."""
-    if pid is None or not hasattr(os, "pidfd_open"):
-        return None
-    try:
-        return os.pidfd_open(pid)
-    except OSError:
-        return None
-
-
-def kill_group(pgid: int | None) -> None:
-    """SIGKILL a kernel's process group (the kernel and what it spawned). Never raises."""
-    if pgid is None or pgid <= 1 or not hasattr(os, "killpg") or pgid == os.getpgrp():
-        return
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except OSError:
-        pass
-
-
-def _close_worker(worker: _Worker, cleanup: Workdir | None, timeout: float) -> None:
-    """Stop ``worker`` and its kernel; used by ``close()`` and by the finalizer."""
-    worker.closing.set()
-    if threading.current_thread() is worker.thread:
-        worker.shutdown()  # called from the worker itself (e.g. a finalizer run by GC there)
-        worker.submit("close")  # and let its loop end after the current request
-    else:
-        future = worker.submit("close")
-        worker.wake()
-        try:
-            future.result(timeout=timeout)
-        except Exception:
-            pass
-        worker.thread.join(timeout=1.0)
-        if worker.thread.is_alive():  # stuck in a call into the kernel: kill it from here
-            kill_group(worker.pgid)
-    if cleanup is not None:
-        cleanup.close()
-
-
-# -- the public facade -------------------------------------------------------------------
+from conveyor_hf.tools.capped_text import CappedText
+from conveyor_hf.tools.kernel_setup import OUTPUT_GUARD_CHARS
+from conveyor_hf.tools.kernel_worker import (
+    Execution,
+    KernelError,
+    KernelWorker,
+    SessionClosed,
+    close_worker,
+    strip_ansi,
+)
+from conveyor_hf.tools.priority import DEFAULT_NICENESS, check_niceness
+from conveyor_hf.tools.sandbox import Sandbox
+from conveyor_hf.tools.workdir import Workdir, create_workdir
+
+#: ``CappedText`` and ``strip_ansi`` stay importable from here, where they used to live.
+__all__ = [
+    "OUTPUT_GUARD_CHARS",
+    "CappedText",
+    "Execution",
+    "KernelError",
+    "KernelSession",
+    "SessionClosed",
+    "strip_ansi",
+]
 
 
 class KernelSession:
@@ -933,6 +86,9 @@ class KernelSession:
         had succeeded before again, so variables, imports and definitions come back.
       output_guard_chars: characters of output the kernel sends per statement at most, head
         and tail each (the rest is counted, not sent). None: no guard.
+      niceness: the kernel's nice value, 0 to 19, set on its threads and its session's
+        autogroup when it starts (:mod:`conveyor_hf.tools.priority`), so that CPU-bound
+        code slows decoding less. None: the priority of this process.
 
     The kernel is killed (with its whole process group) by ``close()``, when the session
     is garbage-collected, or at interpreter exit, whichever comes first.
@@ -951,6 +107,7 @@ class KernelSession:
         sandbox: Sandbox | None = None,
         replay_on_restart: bool = True,
         output_guard_chars: int | None = OUTPUT_GUARD_CHARS,
+        niceness: int | None = DEFAULT_NICENESS,
     ) -> None:
         if memory_limit_mb is not None and int(memory_limit_mb) <= 0:
             raise ValueError(
@@ -960,17 +117,18 @@ class KernelSession:
             raise ValueError(f"interrupt_grace must be >= 0 seconds, got {interrupt_grace!r}")
         if output_guard_chars is not None and int(output_guard_chars) < 1:
             raise ValueError(f"output_guard_chars must be a positive number or None, got {output_guard_chars!r}")
+        niceness = check_niceness(niceness, owner=type(self).__name__)
         if cwd is not None and not os.path.isdir(cwd):
             raise ValueError(f"cwd={str(cwd)!r} is not an existing directory; create it first")
         if sandbox is not None:
-            workdir = sandbox.workdir(cwd, prefix="conveyor-python-")
+            workdir = sandbox.workdir(cwd, kind="python")
         elif cwd is None:
-            workdir = Workdir(tempfile.mkdtemp(prefix="conveyor-python-"), owned=True, mounted=False)
+            workdir = create_workdir("python")
         else:
             workdir = Workdir(os.fspath(cwd), owned=False, mounted=False)
         self.cwd = workdir.path
         self.sandbox = sandbox
-        self._worker = _Worker(
+        self._worker = KernelWorker(
             kernel_name=kernel_name,
             cwd=self.cwd,
             memory_limit_mb=memory_limit_mb,
@@ -980,10 +138,11 @@ class KernelSession:
             sandbox=sandbox,
             replay_on_restart=replay_on_restart,
             output_guard_chars=None if output_guard_chars is None else int(output_guard_chars),
+            niceness=niceness,
         )
         # The worker thread references only the worker, never this facade, so dropping the
         # last reference to the session (or to the tool holding it) runs this finalizer.
-        self._finalizer = weakref.finalize(self, _close_worker, self._worker, workdir, 10.0)
+        self._finalizer = weakref.finalize(self, close_worker, self._worker, workdir, 10.0)
         if start:
             self.start()
 

@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 
 from conveyor_hf.tools.base import SideEffect, Tool, UnitOutput
 from conveyor_hf.tools.kernel import OUTPUT_GUARD_CHARS, KernelSession
+from conveyor_hf.tools.priority import DEFAULT_NICENESS
 from conveyor_hf.tools.sandbox import Sandbox, SandboxPolicy, resolve_sandbox
 from parsers.unit import IncrementalParser, Unit
 
@@ -72,6 +73,8 @@ class PythonTool(Tool):
       replay_on_restart: after the kernel died or was restarted, replay the statements that
         had run successfully, so the conversation's state comes back (default). False: a
         restart loses the state, and the error says so.
+      niceness: the kernel's nice value (default 10, lower priority than decoding, which a
+        CPU-bound kernel then slows less); None leaves it at this process's priority.
 
     Statements run through IPython, so ``%magics`` and ``!shell`` lines work, and a
     statement that is an expression shows its value, as in a notebook.
@@ -114,7 +117,10 @@ class PythonTool(Tool):
         kernel_name: str = "python3",
         sandbox: bool | str | SandboxPolicy | Sandbox = "auto",
         replay_on_restart: bool = True,
+        niceness: int | None = DEFAULT_NICENESS,
     ) -> None:
+        # fork() passes on the arguments as given; here the locals are exactly the parameters.
+        self._arguments: dict[str, Any] = {name: value for name, value in locals().items() if name != "self"}
         if timeout is None or not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         if max_output_chars is not None and int(max_output_chars) < 2:
@@ -127,19 +133,8 @@ class PythonTool(Tool):
         #: The sandbox the kernel runs in, or None (opted out, or none available with "auto").
         self.sandbox: Sandbox | None = resolve_sandbox(sandbox, tool=type(self).__name__)
         self.replay_on_restart = bool(replay_on_restart)
-        self._settings: dict[str, Any] = dict(
-            timeout=timeout,
-            max_output_chars=max_output_chars,
-            memory_limit_mb=memory_limit_mb,
-            cwd=cwd,
-            prestart=prestart,
-            interrupt_grace=interrupt_grace,
-            startup_timeout=startup_timeout,
-            kernel_name=kernel_name,
-            # Forks share the resolved sandbox: no second probe, no second warning.
-            sandbox=self.sandbox if self.sandbox is not None else False,
-            replay_on_restart=replay_on_restart,
-        )
+        # Forks share the resolved sandbox: no second probe, no second warning.
+        self._arguments["sandbox"] = self.sandbox if self.sandbox is not None else False
         guard = None if self.max_output_chars is None else max(OUTPUT_GUARD_CHARS, self.max_output_chars)
         self._session = KernelSession(
             cwd=cwd,
@@ -152,6 +147,7 @@ class PythonTool(Tool):
             sandbox=self.sandbox,
             replay_on_restart=self.replay_on_restart,
             output_guard_chars=guard,
+            niceness=niceness,
         )
 
     # -- Tool interface --------------------------------------------------------------
@@ -178,7 +174,7 @@ class PythonTool(Tool):
 
     def fork(self) -> "PythonTool":
         """A new tool with the same settings and its own kernel (another conversation)."""
-        return type(self)(**self._settings)
+        return type(self)(**self._arguments)
 
     def close(self) -> None:
         """Kill the kernel (and anything it spawned); idempotent. Also runs on GC/exit."""

@@ -48,7 +48,9 @@ import tempfile
 import threading
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
+
+from conveyor_hf.tools.workdir import Workdir, create_workdir, mount_tmpfs, sweep_stale_workdirs, unmount
 
 __all__ = [
     "Sandbox",
@@ -56,7 +58,6 @@ __all__ = [
     "SandboxStatus",
     "SandboxUnavailable",
     "SandboxWarning",
-    "Workdir",
     "contained_pid",
     "describe",
     "kill_sandbox",
@@ -89,6 +90,17 @@ class SandboxUnavailable(RuntimeError):
 
 class SandboxWarning(RuntimeWarning):
     """Tool processes run without a sandbox (``sandbox="auto"`` found none)."""
+
+
+#: The limits applied with ``prlimit``: the :class:`SandboxPolicy` field, the prlimit option,
+#: the option's value from the field's, and how :meth:`SandboxPolicy.summary` names it (None: not named).
+_PRLIMITS: tuple[tuple[str, str, Callable[[Any], int], str | None], ...] = (
+    ("max_processes", "--nproc", int, "{} processes"),
+    ("memory_mb", "--data", lambda mb: int(mb) * MiB, "{} MiB per process"),
+    ("file_size_mb", "--fsize", lambda mb: int(mb) * MiB, "{} MiB per file"),
+    ("open_files", "--nofile", int, None),
+    ("cpu_seconds", "--cpu", lambda seconds: max(1, int(round(seconds))), "{:g} CPU s"),
+)
 
 
 @dataclass(frozen=True)
@@ -148,19 +160,18 @@ class SandboxPolicy:
             if not os.path.isabs(path):
                 raise ValueError(f"SandboxPolicy(readable=...) paths must be absolute, got {path!r}")
 
+    def prlimit_options(self, *, cpu: bool = True) -> list[str]:
+        """The ``prlimit`` options that apply these limits; ``cpu=False`` leaves out CPU seconds."""
+        return [
+            f"{option}={convert(value)}"
+            for name, option, convert, _ in _PRLIMITS
+            if (value := getattr(self, name)) and (cpu or name != "cpu_seconds")
+        ]
+
     def summary(self) -> str:
         """The limits in a few words, for :func:`describe`."""
-        parts = []
-        if self.max_processes:
-            parts.append(f"{self.max_processes} processes")
-        if self.memory_mb:
-            parts.append(f"{self.memory_mb} MiB per process")
-        if self.file_size_mb:
-            parts.append(f"{self.file_size_mb} MiB per file")
-        parts.append(f"/tmp {self.tmp_mb} MiB")
-        if self.cpu_seconds:
-            parts.append(f"{self.cpu_seconds:g} CPU s")
-        return ", ".join(parts)
+        parts = [words.format(value) for name, _, _, words in _PRLIMITS if words and (value := getattr(self, name))]
+        return ", ".join(parts + [f"/tmp {self.tmp_mb} MiB"])
 
 
 @dataclass(frozen=True)
@@ -229,8 +240,7 @@ def _probe() -> SandboxStatus:
         python_paths=_python_paths(),
         disk_quota=as_root and _can_mount_tmpfs(),
     )
-    if status.disk_quota:
-        _sweep_stale_mounts()
+    sweep_stale_workdirs()  # what processes killed before closing their tools left behind
     # Per-sandbox process accounting: as root, a nested user namespace (see Sandbox.command);
     # as a normal user, bwrap's own user namespace already gives it.
     attempts = [True, False] if as_root and unshare else [not as_root]
@@ -301,57 +311,12 @@ def _inside(path: str, root: str) -> bool:
 def _can_mount_tmpfs() -> bool:
     target = tempfile.mkdtemp(prefix="conveyor-probe-")
     try:
-        if _mount_tmpfs(target, 1, os.getuid(), os.getgid()):
-            _unmount(target)
+        if mount_tmpfs(target, 1, os.getuid(), os.getgid()):
+            unmount(target)
             return True
         return False
     finally:
         shutil.rmtree(target, ignore_errors=True)
-
-
-#: The source name of a working-directory tmpfs names the process that mounted it.
-_MOUNT_SOURCE = "conveyor-hf-"
-
-
-def _mount_tmpfs(path: str, size_mb: int, uid: int, gid: int) -> bool:
-    options = f"size={int(size_mb)}m,mode=0700,uid={uid},gid={gid},nosuid,nodev"
-    try:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", options, f"{_MOUNT_SOURCE}{os.getpid()}", path],
-            capture_output=True, timeout=10, stdin=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0
-
-
-def _sweep_stale_mounts() -> None:
-    """Unmount and remove working directories left by processes that died without closing
-    their tools (killed with SIGKILL): their tmpfs would otherwise stay mounted."""
-    try:
-        with open("/proc/self/mounts") as mounts:
-            entries = [line.split()[:2] for line in mounts]
-    except OSError:
-        return
-    for source, target in entries:
-        if not source.startswith(_MOUNT_SOURCE) or not source[len(_MOUNT_SOURCE):].isdigit():
-            continue
-        try:
-            os.kill(int(source[len(_MOUNT_SOURCE):]), 0)
-            continue  # its owner lives
-        except ProcessLookupError:
-            pass
-        except OSError:
-            continue
-        _unmount(target)
-        shutil.rmtree(target, ignore_errors=True)
-
-
-def _unmount(path: str) -> None:
-    try:
-        subprocess.run(["umount", "-l", path], capture_output=True, timeout=10, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
-        pass
 
 
 # -- choosing -----------------------------------------------------------------------------
@@ -507,41 +472,23 @@ class Sandbox:
             ]
             if status.per_sandbox_processes:
                 args += [status.unshare, "--user", "--map-current-user", "--"]
-        args += [status.prlimit, "--core=0"]
-        if policy.max_processes:
-            args.append(f"--nproc={int(policy.max_processes)}")
-        if policy.open_files:
-            args.append(f"--nofile={int(policy.open_files)}")
-        if policy.file_size_mb:
-            args.append(f"--fsize={int(policy.file_size_mb) * MiB}")
-        if policy.memory_mb:
-            args.append(f"--data={int(policy.memory_mb) * MiB}")
-        if cpu_limit and policy.cpu_seconds:
-            args.append(f"--cpu={max(1, int(round(policy.cpu_seconds)))}")
-        args.append("--")
+        args += [status.prlimit, "--core=0", *policy.prlimit_options(cpu=cpu_limit), "--"]
         args += list(argv)
         return args
 
-    def workdir(
-        self, path: str | os.PathLike[str] | None = None, *, prefix: str = "conveyor-", quota: bool = True
-    ) -> "Workdir":
-        """A directory the sandbox's user can write: ``path`` (adopted) or a new one.
+    def workdir(self, path: str | os.PathLike[str] | None = None, *, kind: str = "work", quota: bool = True) -> Workdir:
+        """A directory the sandbox's user can write: ``path`` (adopted) or a new one for ``kind``.
 
-        A new one is a tmpfs of ``disk_mb`` when ``quota`` and the parent may mount one
-        (root), otherwise a plain temporary directory; it is removed by :meth:`Workdir.close`. An adopted
-        directory the sandbox user cannot write (the parent is root) is given to that user
-        (``chown``, the directory itself only) and kept.
+        A new one (:func:`~conveyor_hf.tools.workdir.create_workdir`) is a tmpfs of ``disk_mb``
+        when ``quota`` and the parent may mount one (root), otherwise a plain temporary
+        directory; it is removed by :meth:`Workdir.close`. An adopted directory the sandbox
+        user cannot write (the parent is root) is given to that user (``chown``, the
+        directory itself only) and kept.
         """
         uid, gid = self.user
         if path is None:
-            created = tempfile.mkdtemp(prefix=prefix)
-            mounted = bool(
-                quota and self.policy.disk_mb and self.status.disk_quota
-                and _mount_tmpfs(created, int(self.policy.disk_mb), uid, gid)
-            )
-            if not mounted and self.status.as_root:
-                os.chown(created, uid, gid)
-            return Workdir(created, owned=True, mounted=mounted)
+            size_mb = self.policy.disk_mb if quota and self.status.disk_quota else None
+            return create_workdir(kind, user=self.user if self.status.as_root else None, size_mb=size_mb)
         real = os.path.realpath(path)
         if self.status.as_root:
             info = os.stat(real)
@@ -559,24 +506,6 @@ class Sandbox:
 
     def __repr__(self) -> str:
         return f"Sandbox({self.policy!r})"
-
-
-@dataclass
-class Workdir:
-    """A writable directory of a sandbox. ``close()`` removes it if the tool created it."""
-
-    path: str
-    owned: bool
-    mounted: bool
-
-    def close(self) -> None:
-        """Unmount and remove an owned directory (idempotent); an adopted one is left alone."""
-        if not self.owned:
-            return
-        if self.mounted:
-            _unmount(self.path)
-            self.mounted = False
-        shutil.rmtree(self.path, ignore_errors=True)
 
 
 def contained_pid(pid: int | None, marker: str) -> int | None:

@@ -1,9 +1,10 @@
 """The ``sql`` tool: SQLite queries, each statement run the moment its ``;`` is written.
 
 A call is a ```` ```sql ```` block (or a JSON call with a ``query`` argument). The body
-is split into statements by :class:`SQLStatementParser`: a statement is complete at its
-terminating ``;`` outside strings, quoted names and comments (a ``CREATE TRIGGER`` body
-included, as :func:`sqlite3.complete_statement` decides), or at the end of the block.
+is split into statements by :class:`~parsers.sql_statements.SQLStatementParser`: a
+statement is complete at its terminating ``;`` outside strings, quoted names and comments
+(a ``CREATE TRIGGER`` body included, as :func:`sqlite3.complete_statement` decides), or at
+the end of the block.
 
 Read-only by default, twice over: the database is opened with ``?mode=ro`` and an
 authorizer refuses every write (``INSERT``, ``UPDATE``, ``DELETE``, ``CREATE``, ``DROP``,
@@ -32,152 +33,15 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Sequence
 
+from conveyor_hf.text import shorten
 from conveyor_hf.tools.base import SideEffect, Tool, ToolResult, UnitOutput, UnitRecord
+from parsers.sql_statements import SQLStatementParser, complete_statement, split_statements
 from parsers.unit import Unit
 
-__all__ = ["SQLStatementParser", "SQLTool", "format_rows"]
+__all__ = ["SQLTool", "format_rows"]
 
 #: Rows counted past ``max_rows`` for the "… N more rows" line before giving up counting.
 COUNT_LIMIT = 100_000
-
-_NORMAL, _SQUOTE, _DQUOTE, _BACKTICK, _BRACKET, _LINE_COMMENT, _BLOCK_COMMENT = range(7)
-_OPENERS = {"'": _SQUOTE, '"': _DQUOTE, "`": _BACKTICK, "[": _BRACKET}
-_CLOSERS = {_SQUOTE: "'", _DQUOTE: '"', _BACKTICK: "`", _BRACKET: "]"}
-
-
-class SQLStatementParser:
-    """Splits SQL text into statements, each emitted the moment its ``;`` arrives.
-
-    ``Unit.text`` is the statement with everything fed before it since the previous
-    unit (white space, comments, empty statements), so concatenating every unit gives
-    back the fed text less trailing white space and comments. ``Unit.value`` is the
-    statement alone, from its first keyword (leading comments dropped) to its ``;``.
-    ``close()`` emits an unterminated last statement. Never raises: an unterminated
-    string or comment at ``close()`` is reported in ``Unit.error``.
-    """
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self._buffer = ""
-        self._pos = 0  # next character to scan
-        self._start = 0  # where the current statement's own text begins in the buffer
-        self._state = _NORMAL
-        self._index = 0
-        self.error: str | None = None
-
-    def feed(self, text: str) -> list[Unit]:
-        self._buffer += text
-        units: list[Unit] = []
-        buf = self._buffer
-        i, n = self._pos, len(buf)
-        while i < n:
-            c = buf[i]
-            state = self._state
-            if state == _NORMAL:
-                if c == ";":
-                    i += 1
-                    unit = self._statement_end(i)
-                    if unit is not None:
-                        units.append(unit)
-                        buf, i, n = self._buffer, 0, len(self._buffer)
-                    continue
-                if c in _OPENERS:
-                    self._state = _OPENERS[c]
-                elif c in "-/":
-                    if i + 1 >= n:
-                        break  # need the next character to tell a comment from an operator
-                    if c == "-" and buf[i + 1] == "-":
-                        self._state, i = _LINE_COMMENT, i + 1
-                    elif c == "/" and buf[i + 1] == "*":
-                        self._state, i = _BLOCK_COMMENT, i + 1
-            elif state == _LINE_COMMENT:
-                if c == "\n":
-                    self._state = _NORMAL
-            elif state == _BLOCK_COMMENT:
-                if c == "*":
-                    if i + 1 >= n:
-                        break
-                    if buf[i + 1] == "/":
-                        self._state, i = _NORMAL, i + 1
-            elif c == _CLOSERS[state]:  # '' inside a string closes and reopens: same result
-                self._state = _NORMAL
-            i += 1
-        self._pos = i
-        return units
-
-    def close(self) -> list[Unit]:
-        rest = self._buffer
-        statement = rest[self._start :]
-        state = self._state
-        self._buffer, self._pos, self._start, self._state = "", 0, 0, _NORMAL
-        if not _has_code(statement):
-            return []
-        error = None
-        if state in (_SQUOTE, _DQUOTE, _BACKTICK, _BRACKET):
-            error = (
-                f"incomplete SQL statement {_short(statement)!r}: a {_CLOSERS[state]} quote is "
-                "never closed; close it and end the statement with ';'"
-            )
-        elif state == _BLOCK_COMMENT:
-            error = f"incomplete SQL statement {_short(statement)!r}: a /* comment is never closed"
-        if error is not None:
-            self.error = error
-        value = statement[_code_start(statement) :].strip()
-        unit = Unit(text=rest, index=self._index, key="query", value=value, error=error)
-        self._index += 1
-        return [unit]
-
-    def _statement_end(self, end: int) -> Unit | None:
-        """A ``;`` outside strings and comments ends at ``end``; emit it if complete."""
-        statement = self._buffer[self._start : end]
-        if not _has_code(statement[:-1]):  # an empty statement: its text travels onwards
-            self._start = end
-            return None
-        if not _complete(statement):  # inside CREATE TRIGGER … BEGIN … END
-            return None
-        text, self._buffer = self._buffer[:end], self._buffer[end:]
-        self._start = 0
-        value = statement[_code_start(statement) :].strip()
-        unit = Unit(text=text, index=self._index, key="query", value=value)
-        self._index += 1
-        return unit
-
-
-def _code_start(text: str) -> int:
-    """Index of the first character of ``text`` that is not white space, a comment or
-    ``;`` (``len(text)`` when there is none)."""
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c.isspace() or c == ";":
-            i += 1
-        elif text.startswith("--", i):
-            newline = text.find("\n", i)
-            i = n if newline < 0 else newline + 1
-        elif text.startswith("/*", i):
-            close = text.find("*/", i + 2)
-            i = n if close < 0 else close + 2
-        else:
-            return i
-    return n
-
-
-def _has_code(text: str) -> bool:
-    """Whether ``text`` holds anything but white space, comments and ``;``."""
-    return _code_start(text) < len(text)
-
-
-def _short(statement: str, limit: int = 80) -> str:
-    flat = " ".join(statement.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "\u2026"
-
-
-def split_statements(text: str) -> list[Unit]:
-    """All statements of ``text`` (what the parser emits for it in one go)."""
-    parser = SQLStatementParser()
-    return parser.feed(text) + parser.close()
 
 
 # -- result formatting ----------------------------------------------------------------
@@ -186,8 +50,7 @@ def _cell(value: Any, limit: int) -> str:
         return "NULL"
     if isinstance(value, bytes):
         return f"<blob {len(value)} bytes>"
-    text = " ".join(str(value).split()) if isinstance(value, str) else str(value)
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+    return shorten(str(value), limit)
 
 
 def format_rows(
@@ -411,8 +274,8 @@ class SQLTool(Tool):
     def run_statement(self, statement: str) -> tuple[str, str | None]:
         """Run one statement; ``(table or status line, error sentence or None)``."""
         text = statement if statement.rstrip().endswith(";") else statement.rstrip() + ";"
-        if not _complete(text):
-            return "", f"incomplete SQL statement {_short(statement)!r}; finish it and end it with ';'"
+        if not complete_statement(text):
+            return "", f"incomplete SQL statement {shorten(statement, 80)!r}; finish it and end it with ';'"
         with self._lock:
             conn = self._connect()
             self._authorizer.denied = None
@@ -452,7 +315,7 @@ class SQLTool(Tool):
                 timer.cancel()
 
     def _explain(self, statement: str, exc: sqlite3.Error, timed_out: bool) -> str:
-        short = _short(statement)
+        short = shorten(statement, 80)
         if timed_out:
             return (
                 f"SQL statement {short!r} was stopped after {self.timeout:g}s (timeout); make it "
@@ -471,25 +334,18 @@ class SQLTool(Tool):
     def format_result(self, records: list[UnitRecord]) -> ToolResult:
         """Each statement's table or status; statements are echoed when there are several."""
         echo = len(records) > 1
-        blocks, errors = [], []
+        blocks = []
         for record in records:
             lines = []
             if echo:
                 value = record.unit.value if isinstance(record.unit.value, str) else record.unit.text
-                lines.append(f"sql> {_short(value, 100)}")
+                lines.append(f"sql> {shorten(value, 100)}")
             if record.output:
                 lines.append(record.output.rstrip("\n"))
             if record.error:
                 lines.append(f"error: {record.error}")
-                if not record.skipped:
-                    errors.append(record.error)
             blocks.append("\n".join(lines))
-        return ToolResult(
-            output="\n\n".join(b for b in blocks if b),
-            error="; ".join(errors) if errors else None,
-            units=list(records),
-            tool=self.name,
-        )
+        return self.make_result(records, (b for b in blocks if b))
 
     def __repr__(self) -> str:
         return f"SQLTool({self.database!r}, read_only={self.read_only}, max_rows={self.max_rows})"
@@ -516,8 +372,3 @@ def _connect_uri(database: str, read_only: bool) -> str:
             params = urllib.parse.parse_qsl(query, keep_blank_values=True)
         return f"{base}?{urllib.parse.urlencode(params)}"
     return f"{Path(database).expanduser().resolve().as_uri()}?mode={mode}"
-
-
-def _complete(statement: str) -> bool:
-    """``sqlite3.complete_statement``, which raises on a NUL character instead of answering."""
-    return sqlite3.complete_statement(statement.replace("\x00", " "))

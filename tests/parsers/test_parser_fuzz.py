@@ -16,12 +16,12 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conveyor_hf.tools.sql import SQLStatementParser
 from parsers.calls import CallDetector, fence_syntax, tag_syntax
 from parsers.json_object import JsonObjectParser
 from parsers.lines import LineParser
 from parsers.plan import PlanParser
 from parsers.python_statements import PythonStatementParser
+from parsers.sql_statements import SQLStatementParser
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
