@@ -4,8 +4,6 @@ Replay forces a fixed text through the real forward pass, so these tests check t
 loop's mechanics — stopping, waiting, re-prompting, KV reuse, batching — exactly.
 """
 
-import time
-
 import pytest
 import torch
 from transformers import DynamicCache, LogitsProcessor, StoppingCriteria
@@ -13,14 +11,17 @@ from transformers import DynamicCache, LogitsProcessor, StoppingCriteria
 from conveyor_hf.generator import ConveyorGenerator
 from conveyor_hf.tools.base import Tool
 from conveyor_hf.tools.scripted import ScriptedTool
+from gates import DecodeGate, GatedTool, Signals
+from parsers.lines import LineParser
+from parsers.unit import Unit
 
 SCRIPT = "Sure.\n```echo\nhello\nworld\n```\nDone: the tool said hello."
 TWO_CALLS = "A\n```echo\none\n```\nB\n```echo\ntwo\n```\nC"
 MESSAGES = [{"role": "user", "content": "say hello"}]
 
 
-def echo(**kw):
-    return ScriptedTool("echo", fence_languages=("echo",), respond=lambda line: f"ECHO {line}", **kw)
+def echo(kind: type[ScriptedTool] = ScriptedTool, **kw) -> ScriptedTool:
+    return kind("echo", fence_languages=("echo",), respond=lambda line: f"ECHO {line}", **kw)
 
 
 def run(model, tok, script=SCRIPT, mode="partial", tools=None, **kw):
@@ -62,17 +63,13 @@ def test_partial_and_lazy_give_identical_text_and_ids(tiny_model, tokenizer):
     assert partial.timeline.summary()["rounds"] == lazy.timeline.summary()["rounds"] == 3
 
 
-class SlowDecoding(LogitsProcessor):
-    """Makes each step take as long as a real model's (the tiny model is too fast)."""
-
-    def __call__(self, input_ids, scores):
-        time.sleep(0.03)
-        return scores
-
-
 def test_partial_mode_starts_units_before_the_call_closes(tiny_model, tokenizer):
-    out = run(tiny_model, tokenizer, mode="partial", logits_processor=[SlowDecoding()])
-    lazy = run(tiny_model, tokenizer, mode="lazy", logits_processor=[SlowDecoding()])
+    signals = Signals()
+    # Decoding waits after "world" until the tool has started "hello": the call is still open.
+    gate = DecodeGate(tokenizer, "hello\nworld", signals, "started hello")
+    out = run(tiny_model, tokenizer, mode="partial", tools=[echo(GatedTool, signals=signals)], logits_processor=[gate])
+    lazy = run(tiny_model, tokenizer, mode="lazy")
+    assert gate.reached and not signals.missed
     closed = out.tool_calls[0].closed
     assert out.tool_calls[0].units[0].start < closed  # ran while the rest was decoded
     assert all(u.start >= lazy.tool_calls[0].closed for u in lazy.tool_calls[0].units)
@@ -218,5 +215,6 @@ def test_tool_base_requires_its_methods():
     class Bare(Tool):
         name = "bare"
 
-    with pytest.raises(NotImplementedError, match="make_parser"):
-        Bare().make_parser()
+    assert isinstance(Bare().make_parser(), LineParser)  # the default: one unit per line
+    with pytest.raises(NotImplementedError, match="execute"):
+        Bare().execute(Unit(text="hello\n"))

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from conveyor_hf.tools.base import SideEffect, Tool, UnitOutput
-from conveyor_hf.tools.plan import PlanCall, PlanTool, numeric_value
+from conveyor_hf.tools.plan import PlanTool
+from conveyor_hf.tools.plan_scheduler import PlanCall, numeric_value
 from parsers.plan import PlanParser, PlanTask
 from parsers.unit import Unit
 from helpers import LLMCOMPILER_DATA, wait_until

@@ -11,15 +11,10 @@ import pytest
 
 from conveyor_hf.tools.base import SideEffect
 from conveyor_hf.tools.search import SearchHit
-from conveyor_hf.tools.validation import (
-    ACTION,
-    US_STATES,
-    LocationLookupTool,
-    ValidatedCall,
-    ValidatedTool,
-    check_us_location,
-    check_value,
-)
+from conveyor_hf.tools.json_schema import check_value
+from conveyor_hf.tools.location import LocationLookupTool
+from conveyor_hf.tools.us_states import US_STATES, check_us_location
+from conveyor_hf.tools.validated import ACTION, ValidatedCall, ValidatedTool
 from parsers.json_object import JsonObjectParser
 from parsers.unit import Unit
 from helpers import wait_until
