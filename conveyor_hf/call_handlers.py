@@ -240,7 +240,7 @@ class JsonCallHandler(CallHandler):
     def _start(self) -> None:
         """Let the call's work start: now, once an earlier call finished, or (held) at finish."""
         assert self.call is not None
-        if self.hold_until_finish:
+        if self.hold_until_finish and not self.for_caller:  # a caller's call holds no work
             self._held = True
             return
         with self._order_lock:

@@ -26,8 +26,9 @@ def run(model, tok, tools, turn, *, parallel=True, stream=None, messages=ASK, **
         return gen.generate(messages, replay=[turn], max_new_tokens=160, stream=stream)
 
 
-def test_a_call_of_a_caller_tool_ends_the_answer_with_the_call(tiny_model, tokenizer):
-    out = run(tiny_model, tokenizer, [WEATHER], "Let me check. " + WEATHER_CALL + "<|im_end|>")
+@pytest.mark.parametrize("mode", ["partial", "lazy"])
+def test_a_call_of_a_caller_tool_ends_the_answer_with_the_call(tiny_model, tokenizer, mode):
+    out = run(tiny_model, tokenizer, [WEATHER], "Let me check. " + WEATHER_CALL + "<|im_end|>", mode=mode)
     assert out.stop_reasons == ["tool_calls"]
     [call] = out.caller_calls[0]
     assert (call.name, call.arguments) == ("get_weather", {"city": "Paris"})
