@@ -1,42 +1,40 @@
 """on_error="abort": a failing unit stops decoding of its call at once."""
 
-import time
-
-from transformers import DynamicCache, LogitsProcessor
+from transformers import DynamicCache
 
 from conveyor_hf import ConveyorGenerator
 from conveyor_hf.tools import PythonTool
+from gates import DecodeGate, Signals, unit_end_signals
 
 ASK = [{"role": "user", "content": "run it"}]
+FAILING_STATEMENT = "open('/nonexistent/input.csv').read()"
 FAILING = (
-    "```python\nx = 1\nopen('/nonexistent/input.csv').read()\n"
+    f"```python\nx = 1\n{FAILING_STATEMENT}\n"
     + "".join(f"value_{i} = x + {i}  # more work that depends on the file\n" for i in range(12))
     + "```\nThe file was missing, so I will check the path.\n"
     "```python\nprint(x, 'value_0' in globals())\n```\nDone."
 )
 
 
-class SlowDecoding(LogitsProcessor):
-    """Paces the tiny model like a real one, so tool work can overlap decoding."""
-
-    def __call__(self, input_ids, scores):
-        time.sleep(0.02)
-        return scores
-
-
-def run(model, tok, on_error, mode="partial", **kw):
-    with ConveyorGenerator(model, tok, tools=[PythonTool()], mode=mode, on_error=on_error) as gen:
-        return gen.generate(ASK, replay=[FAILING], max_new_tokens=600, logits_processor=[SlowDecoding()], **kw)
+def run(model, tok, on_error, **kw):
+    with ConveyorGenerator(model, tok, tools=[PythonTool()], on_error=on_error) as gen:
+        return gen.generate(ASK, replay=[FAILING], max_new_tokens=600, **kw)
 
 
 def test_abort_cuts_the_call_short_and_the_model_continues(tiny_model, tokenizer):
     cache = DynamicCache(config=tiny_model.config)
-    aborted = run(tiny_model, tokenizer, "abort", past_key_values=cache)
+    signals = Signals()
+    # Decoding cannot go past the first statement after the failing one before that one has
+    # failed (however slowly the kernel starts); the next token aborts the call.
+    gate = DecodeGate(tokenizer, "value_0 = x", signals, f"ended {FAILING_STATEMENT}")
+    aborted = run(tiny_model, tokenizer, "abort", past_key_values=cache, logits_processor=[gate],
+                  stream=unit_end_signals(signals))
+    assert not signals.missed
     full = run(tiny_model, tokenizer, "continue")
     first = aborted.tool_calls[0]
     assert "FileNotFoundError" in first.error and "stopped early" in first.error
     ran = [u.unit.text for u in first.units if not u.skipped]
-    assert ran[:2] == ["x = 1\n", "open('/nonexistent/input.csv').read()\n"] and len(ran) == 2
+    assert ran[:2] == ["x = 1\n", f"{FAILING_STATEMENT}\n"] and len(ran) == 2
     # Decoding of the call stopped long before the model finished writing it.
     assert len(first.units) < len(full.tool_calls[0].units)
     assert aborted.timeline.summary()["new_tokens"] < full.timeline.summary()["new_tokens"]

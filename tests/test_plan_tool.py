@@ -17,6 +17,7 @@ from conveyor_hf.tools.plan_scheduler import PlanCall, numeric_value
 from parsers.plan import PlanParser, PlanTask
 from parsers.unit import Unit
 from helpers import LLMCOMPILER_DATA, wait_until
+from gates import GatedTool, Signals
 
 DATA = LLMCOMPILER_DATA
 
@@ -41,6 +42,17 @@ class Slow(Tool):
         if "boom" in str(unit.value):
             return UnitOutput("", f"{self.name} exploded on {unit.value!r}")
         return UnitOutput(f"{self.name}:{unit.value}")
+
+
+def gated(name: str, signals: Signals, hold: dict[str, list[str]] | None = None) -> GatedTool:
+    """A sub-tool answering like ``Slow`` but without sleeping: its tasks signal their start
+    and end on ``signals`` and wait for the signals ``hold`` names (see ``gates.py``)."""
+    return GatedTool(name, respond=lambda value: f"{name}:{value}", signals=signals, hold=hold)
+
+
+def held_until_both_started(first: str, second: str) -> dict[str, list[str]]:
+    """Holds: neither task ends before the other has started, so both must overlap."""
+    return {first: [f"started {second}"], second: [f"started {first}"]}
 
 
 def overlap(a, b) -> bool:
@@ -73,19 +85,26 @@ def test_declares_itself(plan):
     assert isinstance(plan.open_call(), PlanCall)
 
 
-def test_tasks_start_as_lines_arrive_and_dependants_wait(plan):
+def test_tasks_start_as_lines_arrive_and_dependants_wait():
+    signals = Signals()  # $1 and $2 run until the test releases them, after $3's line is in
+    plan = PlanTool(tools=[gated("lookup", signals, {"Mariana Trench": ["released"]}),
+                           gated("fetch", signals, {"Puerto Rico Trench": ["released"]})], max_parallel=4)
     parser = plan.make_parser()
     call = plan.open_call()
     lines = PLAN.splitlines(keepends=True)
     [r1] = feed_lines(call, parser, lines[0])
-    assert wait_until(lambda: r1.start is not None)  # running while the plan is still written
+    assert signals.wait("started Mariana Trench")  # running while the plan is still written
+    assert r1.start is not None
     [r2] = feed_lines(call, parser, lines[1])
-    assert wait_until(lambda: r2.start is not None)
+    assert signals.wait("started Puerto Rico Trench") and r2.start is not None
     [r3] = feed_lines(call, parser, lines[2])  # complete, but it must wait for $1 and $2
     feed_lines(call, parser, lines[3])
+    signals.set("released")
     for unit in parser.close():
         call.feed(unit)
     result = call.finish()
+    plan.close()
+    assert not signals.missed
     assert result.error is None
     assert overlap(r1, r2)  # independent tasks ran in parallel
     assert r3.start >= max(r1.end, r2.end)  # the dependant started after both ended
@@ -147,10 +166,13 @@ def test_lazy_sequential_mode_runs_tasks_one_after_another_after_close(plan):
 
 
 def test_lazy_parallel_mode_runs_independent_tasks_together_after_close():
-    tool = PlanTool(tools=[Slow("lookup"), Slow("fetch")], lazy_sequential=False)
+    signals = Signals()
+    hold = held_until_both_started("Mariana Trench", "Puerto Rico Trench")
+    tool = PlanTool(tools=[gated("lookup", signals, hold), gated("fetch", signals, hold)], lazy_sequential=False)
     call = tool.open_call(early=False)
     feed_lines(call, tool.make_parser(), PLAN)
     r1, r2, r3 = call.finish().units[:3]
+    assert not signals.missed
     assert min(r1.start, r2.start) >= call.closed
     assert overlap(r1, r2)
     assert r3.start >= max(r1.end, r2.end)
@@ -163,9 +185,11 @@ def test_parallelism_is_bounded_by_max_parallel_and_each_tools_concurrency():
     one = PlanTool(tools=[Slow("lookup", 0.1), Slow("fetch", 0.1)], max_parallel=1)
     a, b = one.run('$1 = lookup("a")\n$2 = fetch("b")\n').units
     assert not overlap(a, b)
-    wide = Slow("lookup", 0.2)
+    signals = Signals()
+    wide = gated("lookup", signals, held_until_both_started("a", "b"))
     wide.max_concurrency = 2
     a, b = PlanTool(tools=[wide]).run('$1 = lookup("a")\n$2 = lookup("b")\n').units
+    assert not signals.missed
     assert overlap(a, b)
 
 
@@ -216,6 +240,24 @@ def _summaries() -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+class GatedBackend:
+    """A search backend whose queries signal their start and end and wait for the signals
+    ``hold`` names (see ``gates.py``), around the queries of a real backend."""
+
+    def __init__(self, backend, signals: Signals, hold: dict[str, list[str]]) -> None:
+        self.backend, self.signals, self.hold = backend, signals, hold
+
+    def search(self, query: str, max_results: int):
+        with self.signals.unit(query, self.hold.get(query, ())):
+            return self.backend.search(query, max_results)
+
+    def warm_up(self) -> None:
+        self.backend.warm_up()
+
+    def close(self) -> None:
+        self.backend.close()
+
+
 def test_a_parallelqa_plan_with_real_search_and_calculator(tmp_path):
     """ParallelQA question 3 (Sahara vs Kalahari) as an LLMCompiler plan, on the real
     Wikipedia summaries: both look-ups run in parallel, the arithmetic waits for them."""
@@ -232,7 +274,9 @@ def test_a_parallelqa_plan_with_real_search_and_calculator(tmp_path):
     with corpus.open("w", encoding="utf-8") as handle:
         for title in ["Sahara", "Kalahari Desert", "Gobi Desert", "Atacama Desert", "Arabian Desert", "Desert"]:
             handle.write(json.dumps({"title": title, "text": summaries[title]["extract"]}) + "\n")
-    backend = OfflineSearchBackend(corpus, cache_dir=tmp_path / "cache", latency=0.2)
+    signals = Signals()
+    backend = GatedBackend(OfflineSearchBackend(corpus, cache_dir=tmp_path / "cache"), signals,
+                           held_until_both_started("Sahara Desert", "Kalahari Desert"))
     plan = PlanTool(tools=[SearchTool(backend=backend, max_results=1), CalculatorTool()])
     try:
         parser = plan.make_parser()
@@ -244,6 +288,7 @@ def test_a_parallelqa_plan_with_real_search_and_calculator(tmp_path):
         feed_lines(call, parser, text)
         result = call.finish()
         s1, s2, c3, c4, _ = result.units
+        assert not signals.missed
         assert result.error is None, result.output
         assert s1.output.startswith('[search: "Sahara Desert"]\n1. Sahara')
         assert s2.output.startswith('[search: "Kalahari Desert"]\n1. Kalahari Desert')
