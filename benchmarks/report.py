@@ -329,6 +329,24 @@ TARGETS: dict[str, Target] = {
                        _kv_why, _kv_ends),
 }
 
+#: The per-step hook may take at most this share of a decoding step (no tool call).
+HOOK_SHARE_TARGET = 0.01
+
+
+def _hook_check(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """The hook's own work per step, timed around it, against the plain step time: what the
+    end-to-end overhead ratio measures, resolved below the run-to-run noise of whole answers."""
+    w = doc["workloads"].get("overhead")
+    share = w.get("hook_share_of_step") if isinstance(w, dict) else None
+    if not isinstance(share, float):
+        return None
+    met = share <= HOOK_SHARE_TARGET
+    why = [] if met else [f"the hook takes {w['hook_ms_per_step']:.3f} ms per step; profile ConveyorHook.__call__"]
+    return {"workload": "hook", "target": f"per-step hook work <= {HOOK_SHARE_TARGET:.0%} of a decoding step "
+            "(timed around the hook, no tool call)", "value": share, "met": met, "in_every_repeat": None,
+            "spread": None, "why": why}
+
+
 #: Decoding beside tool work may be this much slower than decoding alone (replayed answers).
 DECODE_SLOWDOWN_TARGET = 0.02
 
@@ -377,9 +395,9 @@ def check_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
         checks.append({"workload": name, "target": target.text, "value": value, "met": met,
                        "in_every_repeat": every, "spread": list(ends) if ends is not None else None,
                        "why": [] if met else target.why(doc)})
-    decode = _decode_check(doc)
-    if decode is not None:
-        checks.append(decode)
+    for check in (_hook_check(doc), _decode_check(doc)):
+        if check is not None:
+            checks.append(check)
     return checks
 
 

@@ -238,6 +238,20 @@ def test_targets_say_whether_every_repeat_meets_them():
     assert "MISSED decode" in report.table(doc)
 
 
+def test_hook_target_judges_the_hook_timed_per_step_apart_from_the_noisy_ratio():
+    def overhead(share):
+        return {"ratio": 1.04, "paired_ratio_median": 1.03, "overhead_ms_per_token": 3.0, "new_tokens": 64,
+                "hook_ms_per_step": 80.0 * share, "hook_share_of_step": share,
+                "spread": {"ratio": [0.98, 1.10]}}
+
+    doc = report.document({}, {"overhead": overhead(0.0025)})
+    hook = next(t for t in doc["targets"] if t["workload"] == "hook")
+    ratio = next(t for t in doc["targets"] if t["workload"] == "overhead")
+    assert hook["met"] and hook["value"] == 0.0025 and not ratio["met"]
+    missed = next(t for t in report.document({}, {"overhead": overhead(0.02)})["targets"] if t["workload"] == "hook")
+    assert not missed["met"] and "1.600 ms per step" in missed["why"][0]
+
+
 # -- quick runs ------------------------------------------------------------------------------
 def test_every_workload_runs_each_case_at_least_three_times_quick_or_full():
     for quick in (True, False):
@@ -249,12 +263,23 @@ def test_every_workload_runs_each_case_at_least_three_times_quick_or_full():
 
 def test_quick_leaves_out_the_workloads_with_nothing_to_overlap_unless_named():
     quick = harness.selected(None, quick=True)
-    for name in ("codegen", "codegen_live", "codegen_abort", "search", "planning", "calculator", "overhead",
+    for name in ("codegen", "codegen_live", "codegen_abort", "planning", "bfcl", "calculator", "overhead",
                  "kv_reuse"):
         assert name in quick
-    for name in ("codegen_humaneval", "validation", "database"):
+    for name in ("codegen_humaneval", "search", "validation", "database"):
         assert name not in quick and name in harness.selected(None)
     assert harness.selected("validation", quick=True) == ["validation"]
+
+
+def test_quick_takes_its_named_short_cases_and_a_full_run_never_does(tokenizer):
+    quick, full = BenchContext(None, tokenizer, quick=True), BenchContext(None, tokenizer)
+    codegen = harness.create("codegen")
+    assert [c.name for c in codegen.cases(quick)] == ["compact"]
+    assert [c.name for c in codegen.cases(full)] == ["data_pipeline", "symbolic", "plots"]
+    assert [c.name for c in codegen.cases(BenchContext(None, tokenizer, max_cases=1))] == ["data_pipeline"]
+    planning = harness.create("planning")
+    assert [v.key for v in planning.variants_for(quick)] == ["lazy", "partial"]
+    assert [v.key for v in planning.variants_for(full)] == ["lazy", "partial", "lazy_parallel"]
 
 
 def test_quick_abort_run_leaves_out_the_continue_control_and_its_row(tokenizer):

@@ -203,6 +203,10 @@ class ABWorkload(Workload):
     quick_variants: ClassVar[tuple[str, ...]] = ()
     #: Cases in a full run and in a ``--quick`` run.
     case_count: ClassVar[tuple[int, int]] = (3, 1)
+    #: Names of the cases a ``--quick`` run takes instead of the first ``case_count[1]``
+    #: (a shorter case that asks the same question keeps ``--quick`` within its time). A
+    #: case listed after the first ``case_count[0]`` of :meth:`all_cases` runs in ``--quick`` only.
+    quick_cases: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         self._tools: dict[str, list[Any]] = {}
@@ -239,10 +243,14 @@ class ABWorkload(Workload):
 
     # -- the engine --------------------------------------------------------------------
     def cases(self, ctx: BenchContext) -> list[Case]:
+        every = self.all_cases(ctx)
         count = self.case_count[1] if ctx.quick else self.case_count[0]
+        if ctx.quick and self.quick_cases:
+            every = [c for c in every if c.name in self.quick_cases]
+            count = len(every)
         if ctx.max_cases is not None:
             count = min(count, max(1, ctx.max_cases))
-        return self.all_cases(ctx)[:count]
+        return every[:count]
 
     def variants_for(self, ctx: BenchContext) -> tuple[Variant, ...]:
         """The variants this run compares (``quick_variants`` in a ``--quick`` run)."""

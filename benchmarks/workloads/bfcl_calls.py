@@ -35,6 +35,7 @@ class BfclWorkload(ABWorkload):
     note = (f"emulated latency {LATENCY:g} s per call (BFCL's backends answer in microseconds); lazy runs the "
             "turn's calls after the turn, one after another; every run is checked against the ground truth")
     case_count = (4, 1)
+    quick_cases = ("parallel_0",)  # its prompt lists few functions: a short prefill
     repeats = (3, 3)
     needs_local_model = True
     local_model_reason = "it replays BFCL's ground truth (forcing text needs the logits) to check the calls"

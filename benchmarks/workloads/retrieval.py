@@ -92,6 +92,7 @@ class SearchWorkload(_RetrievalWorkload):
     title = "parallel web search (emulated latency)"
     note = ("Offline corpus with emulated network latency per query. Queries run 4 at a time in both modes, "
             "so partial execution only hides each query's wait behind the decoding of the lines after it.")
+    in_quick = False  # --quick keeps planning, which runs the same emulated searches
 
     def all_cases(self, ctx) -> list[Case]:
         cases = []
@@ -124,6 +125,7 @@ class PlanningWorkload(_RetrievalWorkload):
         Variant("lazy_parallel", "lazy", label="lazy, independent tasks in parallel (lazy_sequential=False)"),
     )
     extra_baselines = {"vs_parallel_lazy": "lazy_parallel"}
+    quick_variants = ("lazy", "partial")  # --quick leaves out the parallel-lazy baseline
     case_count = (3, 1)
     repeats = (3, 3)
 
