@@ -277,6 +277,9 @@ def test_quick_takes_its_named_short_cases_and_a_full_run_never_does(tokenizer):
     assert [c.name for c in codegen.cases(quick)] == ["compact"]
     assert [c.name for c in codegen.cases(full)] == ["data_pipeline", "symbolic", "plots"]
     assert [c.name for c in codegen.cases(BenchContext(None, tokenizer, max_cases=1))] == ["data_pipeline"]
+    abort = harness.create("codegen_abort")
+    assert [c.name for c in abort.cases(quick)] == ["missing_file_compact"]
+    assert [c.name for c in abort.cases(full)] == ["missing_file"]
     planning = harness.create("planning")
     assert [v.key for v in planning.variants_for(quick)] == ["lazy", "partial"]
     assert [v.key for v in planning.variants_for(full)] == ["lazy", "partial", "lazy_parallel"]
@@ -288,9 +291,9 @@ def test_quick_abort_run_leaves_out_the_continue_control_and_its_row(tokenizer):
     assert [v.key for v in workload.variants_for(quick)] == ["lazy", "partial"]
     assert [v.key for v in workload.variants_for(full)] == ["lazy", "partial", "partial_continue"]
     assert workload.planned_runs(quick) == 1 * 2 * 3
-    runs = [_record("missing_file", key, r, 5.0 if key == "lazy" else 2.0, 5.0) for key in ("lazy", "partial")
-            for r in range(3)]
-    fig = report.figures(WorkloadResult(workload, workload.all_cases(quick), runs, repeats=3))
+    runs = [_record("missing_file_compact", key, r, 5.0 if key == "lazy" else 2.0, 5.0)
+            for key in ("lazy", "partial") for r in range(3)]
+    fig = report.figures(WorkloadResult(workload, workload.cases(quick), runs, repeats=3))
     assert "partial_continue" not in fig and fig["reduction"] == pytest.approx(0.6)
     assert "partial_continue" not in report.table(report.document({}, {"codegen_abort": fig}))
 

@@ -5,7 +5,8 @@
   matplotlib rendering, ``time.sleep`` standing for network I/O), decoding between the
   slow statements, the last statement fast. Replayed.
   ``--quick`` runs a shorter program of the same kind (``compact``: a download, data
-  work, an upload), so that three repeats of it fit the quick run's time.
+  work, an upload), so that three repeats of it fit the quick run's time; ``codegen_abort``
+  likewise takes ``missing_file_compact``, the same failure in a shorter program.
 - ``codegen_humaneval``: HumanEval problems (prompt + canonical solution, the ``check``
   test, ``check(entry_point)``) in one block: real code with almost no tool time, so
   partial execution can gain nothing and must lose nothing. Replayed.
@@ -79,13 +80,13 @@ print("saved daily.png and histogram.png; warmest day:", int(temps.argmax()))
 '''
 
 COMPACT = '''import gzip, hashlib, json, random, time
-time.sleep(3.0)  # download the station's sensor log
+time.sleep(2.5)  # download the station's sensor log
 random.seed(7)
 rows = [(i, i % 24, round(random.gauss(20, 5), 2)) for i in range(400_000)]
 packed = gzip.compress(json.dumps(rows).encode(), 6, mtime=0)
 # Average temperature for each hour of the day.
 means = [sum(c for _, h, c in rows if h == hour) / (len(rows) / 24) for hour in range(24)]
-time.sleep(2.0)  # upload the summary and the compressed log
+time.sleep(1.5)  # upload the summary and the compressed log
 print(len(rows), max(range(24), key=means.__getitem__), len(packed), hashlib.sha256(packed).hexdigest()[:12])
 '''
 
@@ -135,6 +136,19 @@ report = {"stations": len(complete), "mean_temp": round(mean_temp, 2),
           "warmest": warmest["name"], "coldest": coldest["name"]}
 json.dump(report, open("report.json", "w"), indent=2)
 print(report)
+'''
+
+
+#: The same failure in a shorter program, for ``--quick``.
+ABORT_COMPACT = '''import json
+stations = json.load(open("stations_2023.json"))
+complete = [s for s in stations if s["days_reported"] == 365]
+# Average the yearly mean temperature of the complete stations.
+mean_temp = sum(s["mean_temp"] for s in complete) / len(complete)
+warmest = max(complete, key=lambda s: s["mean_temp"])
+json.dump({"stations": len(complete), "mean_temp": round(mean_temp, 2), "warmest": warmest["name"]},
+          open("report.json", "w"))
+print(mean_temp, warmest["name"])
 '''
 
 
@@ -243,12 +257,14 @@ class AbortWorkload(_PythonWorkload):
     quick_variants = ("lazy", "partial")  # --quick leaves out the on_error='continue' control
     repeats = (3, 3)
     case_count = (1, 1)
+    quick_cases = ("missing_file_compact",)
 
     def all_cases(self, ctx) -> list[Case]:
-        answer = python_answer("I will summarise the station file:", ABORT_PROGRAM,
-                               "The station file is missing, so I need to download it first.")
-        return [Case("missing_file", user("Summarise the 2023 weather station file into a JSON report."), answer,
-                     source="written for this benchmark", max_new_tokens=600)]
+        ask = user("Summarise the 2023 weather station file into a JSON report.")
+        closing = "The station file is missing, so I need to download it first."
+        return [Case(name, ask, python_answer("I will summarise the station file:", program, closing),
+                     source="written for this benchmark", max_new_tokens=600)
+                for name, program in (("missing_file", ABORT_PROGRAM), ("missing_file_compact", ABORT_COMPACT))]
 
     def warm_up(self, tools: list[Any], case: Case) -> None:
         for tool in tools:
