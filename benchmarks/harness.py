@@ -7,7 +7,7 @@ thread by default (``--threads``), so on a 2-core machine decoding and tool work
 have a core. Prints a table, writes ``--json``, and draws a timeline picture and a
 Chrome trace per workload plus a summary chart into ``--out``::
 
-    conveyor-hf bench --quick                       # ~11 min on an idle 2-core machine
+    conveyor-hf bench --quick                       # ~9 min on an idle 2-core machine
     conveyor-hf bench --json bench.json             # the full run (~26 minutes on 2 cores, estimated)
     conveyor-hf bench --workloads codegen,search --repeats 5
     python -m benchmarks.harness --list
@@ -40,7 +40,7 @@ from benchmarks.workloads.data import DataUnavailable  # noqa: E402
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="conveyor-hf bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="one case per workload, 3 repeats, the workloads with something to overlap (~11 minutes)")
+                        help="one case per workload, 3 repeats, the workloads with something to overlap (~9 minutes)")
     parser.add_argument("--workloads", default=None,
                         help="comma-separated workloads to run (default: all; see --list)")
     parser.add_argument("--list", action="store_true", help="list the workloads and exit")
