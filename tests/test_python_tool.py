@@ -282,11 +282,15 @@ def test_memory_is_capped(py):
 
 
 def test_feed_returns_at_once_and_finish_returns_everything(py):
+    go = os.path.join(py.cwd, "go")
     call = py.open_call()
-    sleeping = call.feed(Unit(text="import time; time.sleep(0.5); print('slept')\n"))
+    # The first statement runs until the test has checked that nothing is done yet.
+    sleeping = call.feed(Unit(text=f"import os, time\nwhile not os.path.exists({go!r}): time.sleep(0.005)\n"
+                                   "print('slept')\n"))
     later = call.feed(Unit(text="answer = 41 + 1\n", index=1))
     last = call.feed(Unit(text="answer\n", index=2))
     assert not sleeping.done and not later.done and not last.done
+    open(go, "w").close()
     result = call.finish()
     assert [r.done for r in result.units] == [True, True, True]
     assert sleeping.output == "slept\n"
