@@ -4,11 +4,12 @@ Decodes the same fixed-length greedy answer (``model.generate`` with ``min_new_t
 max_new_tokens``, so every run has the same number of steps) while one background
 *activity* runs: an idle kernel, a kernel that sleeps, prints, burns CPU or streams memory,
 the calculator's child, offline search and plan threads, a ``ToolCall.finish`` waiting on a
-slow unit (blocking on the call's state lock, and the polling loop it replaced), and two
-references (a busy Python thread in this process, a busy child process). Every activity is
-paired with a baseline decode (nothing running) right before or after it, alternating, for
-several repeats; figures are the ratio of the mean step time to its paired baseline (median
-and min-max over repeats).
+slow unit (blocking on the call's state lock, and the polling loop it replaced), the
+``codegen`` benchmark's data work in the kernel, and three references (a busy Python thread
+in this process, a busy child process, and that data work in a plain child process). Every
+activity is paired with a baseline decode (nothing running) right before or after it,
+alternating, for several repeats; figures are the ratio of the mean step time to its
+paired baseline (median and min-max over repeats).
 
 While each decode runs it records, from ``/proc``, what every thread of this process (by
 Python thread name, or the OS name of native threads such as libzmq's ``ZMQbg/IO/0``) and of
@@ -558,9 +559,43 @@ class CpuHog(Activity):
         self.proc.wait()
 
 
+def codegen_work() -> str:
+    """The ``codegen`` benchmark's data_pipeline program without its sleeps: the tool work
+    that ran beside decoding when the benchmark measured partial decode slower than lazy."""
+    from benchmarks.workloads.codegen import DATA_PIPELINE
+
+    return "".join(line + "\n" for line in DATA_PIPELINE.splitlines() if not line.startswith("time.sleep"))
+
+
+class KernelCodegen(_Kernel):
+    name = "kernel_codegen"
+    what = "the kernel runs codegen's data_pipeline program (sleeps removed) in a loop, at nice 10 as PythonTool does"
+    nice = 10
+
+    @property
+    def loop(self) -> str:  # type: ignore[override]
+        return codegen_work()
+
+
+class CodegenHog(CpuHog):
+    name = "ref_codegen_process"
+    what = ("reference: the same program in a plain child process at nice 10 (no kernel, no conveyor_hf): "
+            "what the machine's shared caches, memory and disk cost decoding")
+
+    def start(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="conveyor-contention-")
+        body = "".join(f"    {line}\n" for line in codegen_work().splitlines())
+        self.proc = subprocess.Popen([sys.executable, "-c", f"import os\nos.nice(10)\nwhile True:\n{body}"],
+                                     cwd=self.dir, stdout=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 ACTIVITIES: tuple[type[Activity], ...] = (
     KernelIdle, KernelSleep, KernelPrint, KernelCPU, KernelCPUNice, KernelMemory, KernelObjects, KernelObjectsNice,
-    KernelObjectsPinned, Calculator, Search, Plan, FinishBlocking, FinishPolling, GilHog, CpuHog,
+    KernelObjectsPinned, Calculator, Search, Plan, FinishBlocking, FinishPolling, GilHog, CpuHog, KernelCodegen, CodegenHog,
 )
 
 
