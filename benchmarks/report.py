@@ -329,6 +329,13 @@ TARGETS: dict[str, Target] = {
                        _kv_why, _kv_ends),
 }
 
+def _check(workload: str, target: str, value: Any, met: bool, every: bool | None, spread: list | None,
+           why: list[str], **extra: Any) -> dict[str, Any]:
+    """One entry of the document's ``targets`` list (``extra`` adds keys, e.g. ``by_workload``)."""
+    return {"workload": workload, "target": target, "value": value, "met": met, "in_every_repeat": every,
+            "spread": spread, "why": why, **extra}
+
+
 #: The per-step hook may take at most this share of a decoding step (no tool call).
 HOOK_SHARE_TARGET = 0.01
 
@@ -342,9 +349,8 @@ def _hook_check(doc: dict[str, Any]) -> dict[str, Any] | None:
         return None
     met = share <= HOOK_SHARE_TARGET
     why = [] if met else [f"the hook takes {w['hook_ms_per_step']:.3f} ms per step; profile ConveyorHook.__call__"]
-    return {"workload": "hook", "target": f"per-step hook work <= {HOOK_SHARE_TARGET:.0%} of a decoding step "
-            "(timed around the hook, no tool call)", "value": share, "met": met, "in_every_repeat": None,
-            "spread": None, "why": why}
+    return _check("hook", f"per-step hook work <= {HOOK_SHARE_TARGET:.0%} of a decoding step "
+                  "(timed around the hook, no tool call)", share, met, None, None, why)
 
 
 #: Decoding beside tool work may be this much slower than decoding alone (replayed answers).
@@ -374,10 +380,9 @@ def _decode_check(doc: dict[str, Any]) -> dict[str, Any] | None:
     why = [f"{n}: decoding {c:+.1%} in partial vs lazy (per repeat {_range_text(ends[n], 'signed_pct')}); tool work "
            "beside decoding competes for the CPU cores, memory bandwidth or the GIL "
            "(python -m benchmarks.contention shows which)" for n, c in missed.items()]
-    return {"workload": "decode", "target": f"partial decode within {DECODE_SLOWDOWN_TARGET:.0%} of lazy on every "
-            "replayed workload", "value": max(changes.values()), "met": not missed,
-            "in_every_repeat": every and not missed, "by_workload": {n: round(c, 4) for n, c in changes.items()},
-            "spread": None, "why": why}
+    return _check("decode", f"partial decode within {DECODE_SLOWDOWN_TARGET:.0%} of lazy on every replayed workload",
+                  max(changes.values()), not missed, every and not missed, None, why,
+                  by_workload={n: round(c, 4) for n, c in changes.items()})
 
 
 def check_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -392,9 +397,8 @@ def check_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
         met = bool(target.test(value))
         ends = target.ends(doc)
         every = None if ends is None else bool(met and target.test(ends[0]) and target.test(ends[1]))
-        checks.append({"workload": name, "target": target.text, "value": value, "met": met,
-                       "in_every_repeat": every, "spread": list(ends) if ends is not None else None,
-                       "why": [] if met else target.why(doc)})
+        checks.append(_check(name, target.text, value, met, every, list(ends) if ends is not None else None,
+                             [] if met else target.why(doc)))
     for check in (_hook_check(doc), _decode_check(doc)):
         if check is not None:
             checks.append(check)
