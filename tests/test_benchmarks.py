@@ -186,6 +186,8 @@ def test_spread_is_the_range_over_repeats_of_each_figure_of_one_repeat():
     assert spread["decode_change"] == [pytest.approx(min(12 / 18, 15 / 20, 13 / 17) - 1, abs=1e-4),
                                        pytest.approx(max(12 / 18, 15 / 20, 13 / 17) - 1, abs=1e-4)]
     assert fig["decode_change"] == pytest.approx(13 / 19 - 1, abs=1e-4)  # medians: partial 8 + 5, lazy 11 + 8
+    # within each repeat: partial/lazy decode 12/18, 15/20, 13/17; their median moves less under drift
+    assert fig["decode_change_paired"] == pytest.approx(15 / 20 - 1, abs=1e-4)
     assert [t["latency"] for t in fig["per_repeat"]["lazy"]] == [18.0, 20.0, 17.0]
     # and per case, over that case's runs
     case_a = fig["cases"][0]["spread"]
@@ -236,6 +238,13 @@ def test_targets_say_whether_every_repeat_meets_them():
     decode = next(t for t in doc["targets"] if t["workload"] == "decode")
     assert not decode["met"] and "codegen: decoding +5.0%" in decode["why"][0] and "+3.0%–+8.0%" in decode["why"][0]
     assert "MISSED decode" in report.table(doc)
+    # the paired median is shown beside the verdict, which stays on the medians
+    entry = codegen(0.44, 0.97, (0.42, 0.46), (0.96, 0.99), 0.05, (0.01, 0.08))
+    doc = report.document({}, {"codegen": {**entry, "decode_change_paired": 0.012}})
+    decode = next(t for t in doc["targets"] if t["workload"] == "decode")
+    assert not decode["met"] and decode["paired_by_workload"] == {"codegen": 0.012}
+    assert "median of the paired repeats +1.2%" in decode["why"][0]
+    assert "codegen +5.0% (paired +1.2%)" in report.table(doc)
 
 
 def test_hook_target_judges_the_hook_timed_per_step_apart_from_the_noisy_ratio():
