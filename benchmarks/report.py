@@ -341,6 +341,7 @@ TARGETS: dict[str, Target] = {
                        _kv_why, _kv_ends),
 }
 
+
 def _check(workload: str, target: str, value: Any, met: bool, every: bool | None, spread: list | None,
            why: list[str], **extra: Any) -> dict[str, Any]:
     """One entry of the document's ``targets`` list (``extra`` adds keys, e.g. ``by_workload``)."""
