@@ -595,7 +595,8 @@ class CodegenHog(CpuHog):
 
 ACTIVITIES: tuple[type[Activity], ...] = (
     KernelIdle, KernelSleep, KernelPrint, KernelCPU, KernelCPUNice, KernelMemory, KernelObjects, KernelObjectsNice,
-    KernelObjectsPinned, Calculator, Search, Plan, FinishBlocking, FinishPolling, GilHog, CpuHog, KernelCodegen, CodegenHog,
+    KernelObjectsPinned, Calculator, Search, Plan, FinishBlocking, FinishPolling, GilHog, CpuHog, KernelCodegen,
+    CodegenHog,
 )
 
 
