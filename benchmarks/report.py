@@ -89,19 +89,23 @@ def _metric_spread(totals: dict[int, dict[str, float]]) -> dict[str, list[float]
     return {m: _range(t[m] for t in totals.values()) for m in METRICS}
 
 
+def _compare_per_repeat(baseline: dict[int, dict[str, float]],
+                        contender: dict[int, dict[str, float]]) -> list[dict[str, Any]]:
+    """The comparison figures of each repeat alone (a repeat's baseline vs its contender)."""
+    return [_compare(baseline[r], contender[r], baseline[r]["ideal"]) for r in sorted(set(baseline) & set(contender))]
+
+
 def _compare_spread(baseline: dict[int, dict[str, float]],
                     contender: dict[int, dict[str, float]]) -> dict[str, list[float] | None]:
-    """The comparison figures of each repeat alone (a repeat's baseline vs its contender)."""
-    common = sorted(set(baseline) & set(contender))
-    paired = [_compare(baseline[r], contender[r], baseline[r]["ideal"]) for r in common]
+    """The min-max over repeats of each comparison figure."""
+    paired = _compare_per_repeat(baseline, contender)
     return {k: _range(p[k] for p in paired) for k in COMPARISONS}
 
 
 def _paired_decode_change(baseline: dict[int, dict[str, float]],
                           contender: dict[int, dict[str, float]]) -> float | None:
-    """The median over repeats of one repeat's partial decode / lazy decode - 1."""
-    changes = [contender[r]["decode"] / baseline[r]["decode"] - 1
-               for r in sorted(set(baseline) & set(contender)) if baseline[r]["decode"] > 0]
+    """The median over repeats of one repeat's ``decode_change``."""
+    changes = [p["decode_change"] for p in _compare_per_repeat(baseline, contender) if p["decode_change"] is not None]
     return _round(statistics.median(changes)) if changes else None
 
 
