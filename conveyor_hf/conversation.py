@@ -20,6 +20,7 @@ Nothing here knows about ``model.generate``, HTTP or batches: the same object se
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
@@ -68,7 +69,9 @@ class Conversation:
     whole answer against ``budget``. ``round_index`` counts the rounds it resumed.
     ``caller_calls`` are the calls handed to the caller when the answer stopped with
     ``"tool_calls"``; ``hidden_spans`` where the text of calls of caller tools lies in
-    ``text`` (they are not part of :attr:`content`).
+    ``text`` (they are not part of :attr:`content`). ``feed_seconds`` is the time spent in
+    :meth:`feed_token` / :meth:`feed_delta` (detokenizing, parsing, starting tool units):
+    conveyor_hf's own work inside the engine's decoding loop, which the timeline reports.
     """
 
     row: int
@@ -92,6 +95,7 @@ class Conversation:
     turn_start: int = 0  # where the current assistant turn begins in ``text``
     caller_calls: list["CallerToolCall"] = field(default_factory=list)
     hidden_spans: list[tuple[int, int]] = field(default_factory=list)
+    feed_seconds: float = 0.0
     _released: int = 0  # how much of ``text`` the call detector has released as events
     _call_start: int = 0  # where the open call's opener begins in ``text``
     _held: list[str] | None = None  # shown text of a JSON call whose tool is not known yet
@@ -140,6 +144,13 @@ class Conversation:
     def feed_token(self, token: int, length: int | None = None) -> StopReason | None:
         """One decoded token id (``length``: the sequence length it brings, for the
         engine's bookkeeping); returns the stop reason, None to go on."""
+        begin = time.perf_counter()
+        try:
+            return self._feed_token(token, length)
+        finally:
+            self.feed_seconds += time.perf_counter() - begin
+
+    def _feed_token(self, token: int, length: int | None) -> StopReason | None:
         rules = self._rules()
         if rules.cancelled.is_set():
             self.stop, self.stop_length = "cancelled", length
@@ -166,6 +177,13 @@ class Conversation:
         What follows a call's closer in the same delta is dropped: the engine stops
         decoding this conversation there. The engine counts tokens into ``generated``.
         """
+        begin = time.perf_counter()
+        try:
+            return self._feed_delta(text)
+        finally:
+            self.feed_seconds += time.perf_counter() - begin
+
+    def _feed_delta(self, text: str) -> StopReason | None:
         rules = self._rules()
         if rules.cancelled.is_set():
             self.stop = "cancelled"

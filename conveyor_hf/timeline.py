@@ -87,6 +87,8 @@ class Timeline:
     mode: str = "partial"
     rounds: list[RoundRecord] = field(default_factory=list)
     calls: list[CallRecord] = field(default_factory=list)
+    #: Seconds the engine spent handing decoded tokens to the conversations (part of decode).
+    feed: float = 0.0
 
     # -- metrics ----------------------------------------------------------------------
     def decode_intervals(self) -> list[Interval]:
@@ -128,7 +130,9 @@ class Timeline:
         ``latency`` (the whole call), ``decode`` and ``tool`` (busy time of each, overlaps
         counted once), ``exposed_tool`` (tool time with no decoding beside it: what the user
         waited for), ``ideal`` (see :meth:`ideal`), ``wait`` (time rounds spent after their
-        decoding, summed), ``tokens_per_s`` over decode time, and ``prefill_tokens`` per round.
+        decoding, summed), ``feed`` (the part of decoding spent handing decoded tokens to
+        the conversations: detokenizing, parsing, starting tool units, summed over rows),
+        ``tokens_per_s`` over decode time, and ``prefill_tokens`` per round.
         """
         decode = _length(_union(self.decode_intervals()))  # rounds of several rows may overlap
         tokens = sum(r.new_tokens for r in self.rounds)
@@ -139,6 +143,7 @@ class Timeline:
             "exposed_tool": _length(self.exposed_intervals()),
             "ideal": self.ideal(),
             "wait": sum(max(0.0, r.end - r.decode_end) for r in self.rounds),
+            "feed": self.feed,
             "rounds": len(self.rounds),
             "units": sum(len(c.units) for c in self.calls),
             "new_tokens": tokens,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import statistics
 
 import pytest
 
@@ -120,7 +121,7 @@ def test_database_is_built_from_the_question_sets_and_the_queries_run(tmp_path):
 # -- figures -------------------------------------------------------------------------------
 def _record(case: str, variant: str, repeat: int, latency: float, ideal: float, text: str = "t") -> RunRecord:
     summary = {"latency": latency, "decode": latency * 0.6, "tool": 2.0, "exposed_tool": 1.0, "ideal": ideal,
-               "wait": 0.1, "new_tokens": 50, "units": 4, "prefill_tokens": [100, 10]}
+               "wait": 0.1, "feed": latency * 0.01, "new_tokens": 50, "units": 4, "prefill_tokens": [100, 10]}
     return RunRecord(case, variant, repeat, summary, Timeline(), text)
 
 
@@ -189,6 +190,10 @@ def test_spread_is_the_range_over_repeats_of_each_figure_of_one_repeat():
     # within each repeat: partial/lazy decode 12/18, 15/20, 13/17; their median moves less under drift
     assert fig["decode_change_paired"] == pytest.approx(15 / 20 - 1, abs=1e-4)
     assert [t["latency"] for t in fig["per_repeat"]["lazy"]] == [18.0, 20.0, 17.0]
+    # lazy against lazy, one repeat against the next: decode 10.8 -> 12.0 -> 10.2
+    assert fig["decode_noise"]["range"] == [pytest.approx(17 / 20 - 1, abs=1e-4), pytest.approx(20 / 18 - 1, abs=1e-4)]
+    assert fig["decode_noise"]["median_abs"] == pytest.approx(statistics.median([20 / 18 - 1, 1 - 17 / 20]), abs=1e-4)
+    assert fig["lazy"]["feed"] == pytest.approx((11.0 + 8.0) * 0.01)
     # and per case, over that case's runs
     case_a = fig["cases"][0]["spread"]
     assert case_a["lazy"]["latency"] == [10.0, 12.0] and case_a["partial"]["latency"] == [7.0, 9.0]
@@ -245,6 +250,17 @@ def test_targets_say_whether_every_repeat_meets_them():
     assert not decode["met"] and decode["paired_by_workload"] == {"codegen": 0.012}
     assert "median of the paired repeats +1.2%" in decode["why"][0]
     assert "codegen +5.0% (paired +1.2%)" in report.table(doc)
+    # against the lazy runs' own change from repeat to repeat, with conveyor_hf's own token work
+    lazy, partial = {**entry["lazy"], "feed": 0.03}, {**entry["partial"], "feed": 0.06}
+    noisy = {**entry, "lazy": lazy, "partial": partial,
+             "decode_noise": {"median_abs": 0.04, "range": [-0.07, 0.05], "over": "2 consecutive pairs"}}
+    decode = next(t for t in report.document({}, {"codegen": noisy})["targets"] if t["workload"] == "decode")
+    assert not decode["met"] and decode["noise_by_workload"] == {"codegen": 0.04}
+    assert "own token work +0.030s = +0.50% of decode" in decode["why"][0]
+    assert "up to 7.0%: within the machine's own change" in decode["why"][0]
+    quiet = {**noisy, "decode_noise": {"median_abs": 0.01, "range": [-0.02, 0.01], "over": "2 consecutive pairs"}}
+    decode = next(t for t in report.document({}, {"codegen": quiet})["targets"] if t["workload"] == "decode")
+    assert "up to 2.0%; tool work beside decoding competes" in decode["why"][0]
 
 
 def test_hook_target_judges_the_hook_timed_per_step_apart_from_the_noisy_ratio():

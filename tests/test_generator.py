@@ -61,6 +61,9 @@ def test_partial_and_lazy_give_identical_text_and_ids(tiny_model, tokenizer):
     assert partial.text == lazy.text
     assert torch.equal(partial.sequences, lazy.sequences)
     assert partial.timeline.summary()["rounds"] == lazy.timeline.summary()["rounds"] == 3
+    for out in (partial, lazy):  # the conversations' own work is a part of decoding, in both modes
+        summary = out.timeline.summary()
+        assert 0 < summary["feed"] < summary["decode"]
 
 
 def test_partial_mode_starts_units_before_the_call_closes(tiny_model, tokenizer):

@@ -1,5 +1,7 @@
 """The incremental detokenizer and the per-step hook."""
 
+import time
+
 import pytest
 import torch
 
@@ -80,3 +82,37 @@ def test_hook_stops_a_row_when_its_call_closes_and_not_other_rows(tokenizer):
     assert first_true[1] == len(streams[1]) - 1  # row 1 stops exactly at its EOS
     assert rows[0].stop_length == first_true[0] + 1  # row 0 at the token that closed its call
     assert rows[0].text.startswith("ok ```python\n```python\nx = 1\n```")
+
+
+class SlowRecorder(Recorder):
+    """A handler that takes a while per fed piece and times itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.spent = 0.0
+
+    def feed(self, text):
+        begin = time.perf_counter()
+        time.sleep(0.002)
+        super().feed(text)
+        self.spent += time.perf_counter() - begin
+
+
+def test_feed_seconds_cover_the_work_done_while_feeding_a_token(tokenizer):
+    handlers = []
+
+    def open_call(state, event):
+        handlers.append(SlowRecorder())
+        return handlers[-1]
+
+    hook = ConveyorHook({tokenizer.eos_token_id}, open_call)
+    row = RowState(row=0, detector=CallDetector([fence_syntax("python", "python")]),
+                   detokenizer=IncrementalDetokenizer(tokenizer), budget=1000)
+    hook.start_round([row])
+    ids = tokenizer("ok\n```python\nx = 1\ny = 2\n```\n", add_special_tokens=False)["input_ids"]
+    for step in range(len(ids)):
+        hook(torch.tensor([ids[: step + 1]]), None)
+    assert row.stop == "call" and "".join(handlers[0].fed) == "x = 1\ny = 2\n"
+    # The handler's own time is inside the conversation's feed time, which also holds the
+    # detokenizer's and the call detector's work.
+    assert row.feed_seconds > handlers[0].spent > 0
