@@ -676,8 +676,12 @@ def table(doc: dict[str, Any]) -> str:
 
 
 def _decode_notes(paired: float | None, noise: float | None) -> str:
-    notes = ([f"paired {paired:+.1%}"] if paired is not None else []) + ([f"noise {noise:.1%}"] if noise is not None
-                                                                        else [])
+    """`` (paired +x%, noise y%)`` beside one workload's decode change, or nothing."""
+    notes = []
+    if paired is not None:
+        notes.append(f"paired {paired:+.1%}")
+    if noise is not None:
+        notes.append(f"noise {noise:.1%}")
     return f" ({', '.join(notes)})" if notes else ""
 
 

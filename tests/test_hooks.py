@@ -54,17 +54,24 @@ class Recorder:
     failed = False
 
 
-def test_hook_stops_a_row_when_its_call_closes_and_not_other_rows(tokenizer):
+def python_rows(tokenizer, count, handler=Recorder):
+    """A hook following ``count`` rows that call Python in fences; every call it opens
+    gets a new ``handler``. Returns the hook, its rows and the handlers so far."""
     handlers = []
 
     def open_call(state, event):
-        handlers.append(Recorder())
+        handlers.append(handler())
         return handlers[-1]
 
     hook = ConveyorHook({tokenizer.eos_token_id}, open_call)
     rows = [RowState(row=i, detector=CallDetector([fence_syntax("python", "python")]),
-                     detokenizer=IncrementalDetokenizer(tokenizer), budget=1000) for i in range(2)]
+                     detokenizer=IncrementalDetokenizer(tokenizer), budget=1000) for i in range(count)]
     hook.start_round(rows)
+    return hook, rows, handlers
+
+
+def test_hook_stops_a_row_when_its_call_closes_and_not_other_rows(tokenizer):
+    hook, rows, handlers = python_rows(tokenizer, 2)
     texts = ["ok ```python\n```python\nx = 1\n```\nafter", "no call here, just words"]
     streams = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     streams[1] = streams[1] + [tokenizer.eos_token_id]
@@ -99,16 +106,7 @@ class SlowRecorder(Recorder):
 
 
 def test_feed_seconds_cover_the_work_done_while_feeding_a_token(tokenizer):
-    handlers = []
-
-    def open_call(state, event):
-        handlers.append(SlowRecorder())
-        return handlers[-1]
-
-    hook = ConveyorHook({tokenizer.eos_token_id}, open_call)
-    row = RowState(row=0, detector=CallDetector([fence_syntax("python", "python")]),
-                   detokenizer=IncrementalDetokenizer(tokenizer), budget=1000)
-    hook.start_round([row])
+    hook, [row], handlers = python_rows(tokenizer, 1, SlowRecorder)
     ids = tokenizer("ok\n```python\nx = 1\ny = 2\n```\n", add_special_tokens=False)["input_ids"]
     for step in range(len(ids)):
         hook(torch.tensor([ids[: step + 1]]), None)
