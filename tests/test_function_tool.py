@@ -454,3 +454,29 @@ def test_modes_agree_on_function_calls(tiny_model, tokenizer):
             texts.append(gen.generate([{"role": "user", "content": "7 cubed?"}], replay=[SCRIPT],
                                       max_new_tokens=120).text)
     assert texts[0] == texts[1]
+
+
+def test_a_function_that_exits_reports_it_instead_of_hanging_the_call():
+    """argparse-style ``SystemExit`` is the call's error; were it to end the worker thread,
+    the call would only report "did not return ...; abandoned" after its timeout."""
+
+    def cli(n: int) -> int:
+        """Run a command-line style helper.
+
+        Args:
+            n: a number
+        """
+        import argparse
+
+        parser = argparse.ArgumentParser(prog="cli")
+        parser.add_argument("--n", type=int, required=True)
+        parser.parse_args([])  # SystemExit(2): argparse's way to report bad input
+        return n
+
+    exits = FunctionTool(cli, side_effect="pure", timeout=0.2)
+    result = exits.run('{"n": 1}')
+    assert result.error == "cli(n=1) raised SystemExit(2); check these arguments and call it again"
+    early = exits.open_call()  # the early-action path: it runs on the worker as soon as "n" is in
+    for unit in members('{"n": 1}'):
+        early.feed(unit)
+    assert early.finish().error == result.error

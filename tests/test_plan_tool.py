@@ -313,3 +313,28 @@ def test_a_sub_tool_that_cannot_start_fails_only_its_own_tasks():
     assert r1.error == "lookup could not start: ConnectionError: no route to the service"
     assert r2.output == "fetch:b" and r2.error is None
     assert r3.skipped and r3.error.startswith("skipped: $1 failed: lookup could not start")
+
+
+def test_a_sub_tool_that_exits_fails_its_task_and_the_plan_goes_on():
+    """``SystemExit`` from a sub-tool (its work, or its call around the work) is that task's
+    error; were it to end the task's thread, the plan would wait out its timeout."""
+
+    class Exits(Slow):
+        timeout = 0.2
+
+        def execute(self, unit):
+            raise SystemExit(2)
+
+    class ExitsRendering(Slow):
+        timeout = 0.2
+
+        def format_result(self, records):
+            raise SystemExit("cannot render")
+
+    plan = PlanTool(tools=[Exits("lookup", 0), ExitsRendering("render", 0), Slow("fetch", 0.01)])
+    result = plan.run('$1 = lookup("a")\n$2 = render("b")\n$3 = fetch("c")\n$4 = fetch("$1")\n')
+    r1, r2, r3, r4 = result.units
+    assert r1.error == "lookup raised SystemExit(2)"
+    assert r2.error == "task $2: render raised SystemExit('cannot render')"
+    assert r3.output == "fetch:c" and r3.error is None
+    assert r4.skipped and r4.error == "skipped: $1 failed: lookup raised SystemExit(2)"

@@ -87,3 +87,56 @@ def test_the_old_validation_module_keeps_every_public_name(monkeypatch):
 
     assert validation.LocationLookupTool is LocationLookupTool and validation.US_STATES is US_STATES
     assert all(hasattr(validation, name) for name in validation.__all__)
+
+
+class Exits(Tool):
+    """Calls ``sys.exit`` on the line "bad" (as a wrapped command-line helper would)."""
+
+    name = "exits"
+    description = "Echoes each line; exits on 'bad'."
+    timeout = 0.2  # were SystemExit to end the worker, the call would wait this + ABANDON_GRACE
+
+    def execute(self, unit):
+        if unit.argument == "bad":
+            sys.exit(3)
+        return UnitOutput(unit.argument)
+
+
+def test_system_exit_in_execute_is_the_units_error_and_the_call_goes_on():
+    result = Exits().run("bad\ngood\n")
+    bad, good = result.units
+    assert bad.error == "exits raised SystemExit(3)" and not bad.skipped  # not "did not return ...; abandoned"
+    assert good.output == "good" and good.error is None  # the worker survived to run the next line
+    assert result.error == "exits raised SystemExit(3)"
+
+
+def test_system_exit_in_warm_up_is_reported_on_every_unit():
+    class ExitsAtStart(Exits):
+        def warm_up(self):
+            raise SystemExit("no config file")
+
+    result = ExitsAtStart().run("a\nb\n")
+    message = "exits could not start: its warm-up raised SystemExit('no config file')"
+    assert [r.error for r in result.units] == [message, message]
+
+
+def test_a_warm_up_that_overruns_the_limit_is_an_error_not_an_empty_success():
+    release = threading.Event()
+
+    class SlowStart(Upper):
+        name = "slowstart"
+
+        def warm_up(self):
+            release.wait()  # a kernel still starting, until the test lets it go
+
+    call = SlowStart().open_call()
+    try:
+        for unit in LineParser().feed("hello\nworld\n"):
+            call.feed(unit)
+        result = call.finish(timeout=0.05)
+    finally:
+        release.set()
+    message = "slowstart did not start within 0.05s (its warm-up had not finished); abandoned"
+    assert [(r.error, r.skipped) for r in result.units] == [(message, False), (message, False)]
+    assert result.error is not None and result.error.startswith(message)
+    assert message in result.output  # what the model reads, instead of "(no output)"

@@ -276,3 +276,30 @@ def test_locate_does_not_confuse_paris_texas_with_paris_france(wiki_backend):
     result = LocationLookupTool(backend=wiki_backend).run('{"location": "Paris, TX", "max_results": 3}')
     assert result.output.startswith("No encyclopedia entry found for Paris, TX")
     assert "France" not in result.output.split("(nearest")[0]
+
+
+# -- a tool's parsing problem never reaches the decode thread --------------------------------
+def test_a_deeply_nested_arguments_string_is_an_error_of_the_call_not_of_feed():
+    """``ValidatedCall.feed`` runs on the decode thread: JSON too deep to decode (a
+    RecursionError in ``json.loads``) must come back as the call's error."""
+    tool = Weather()
+    call = tool.open_call()
+    body = '{"name": "weather", "arguments": "' + "[" * 5000 + '"}'
+    for unit in members(body):
+        call.feed(unit)  # raised RecursionError before the fix
+    result = call.finish()
+    assert result.error == "unknown argument 'arguments'; weather takes: location, days, units"
+    assert tool.ran == [] and "weather was not run" in result.output
+
+
+def test_feed_survives_a_tool_whose_argument_reading_raises():
+    class Broken(Weather):
+        def _argument_items(self, unit, state, peek=False):
+            raise RuntimeError(f"cannot read {unit.key!r}")
+
+    tool = Broken()
+    call = tool.open_call()
+    record = call.feed(members('{"location": "Austin, TX"}')[0])  # the peek raises: feed must not
+    result = call.finish()
+    assert record.error == "RuntimeError: cannot read 'location'"  # reported by the worker instead
+    assert result.error.startswith("RuntimeError: cannot read 'location'") and tool.ran == []

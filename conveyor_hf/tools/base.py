@@ -121,14 +121,27 @@ def unit_errors(records: Iterable[UnitRecord]) -> list[str]:
     return [r.error for r in records if r.error and not r.skipped]
 
 
+#: What a tool's own code may raise that becomes an error of its call: every ``Exception``
+#: and ``SystemExit`` (``sys.exit``, argparse, click), which would otherwise end the worker
+#: thread silently and leave the call waiting out its timeout. ``KeyboardInterrupt`` still
+#: propagates: it is the user stopping the program, not the tool failing.
+TOOL_FAILURES: tuple[type[BaseException], ...] = (Exception, SystemExit)
+
+
+def exit_failure(name: str, exc: SystemExit) -> str:
+    """The error of work that called ``sys.exit`` (``exc``), e.g. ``"cli raised SystemExit(2)"``:
+    its exit code is all it tells (argparse prints its message to stderr)."""
+    return f"{name} raised SystemExit({exc.code!r})"
+
+
 def run_unit(tool: "Tool", unit: Unit, *, after_failure: bool = False) -> tuple[UnitOutput, bool]:
     """Run one unit on ``tool`` on this thread: ``(what it gave, whether it was skipped)``.
 
     Never raises. ``after_failure``: an earlier unit of the call failed, so a
     ``stop_on_error`` tool skips this one; a unit its parser marked malformed gives the
-    parser's error unless the tool sets ``run_malformed``; an exception from ``execute``
-    becomes the unit's error. This is what a call's worker does with each unit (and what a
-    plan does with a sub-tool's units).
+    parser's error unless the tool sets ``run_malformed``; an exception (or ``SystemExit``,
+    see :data:`TOOL_FAILURES`) from ``execute`` becomes the unit's error. This is what a
+    call's worker does with each unit (and what a plan does with a sub-tool's units).
     """
     if tool.stop_on_error and after_failure:
         return UnitOutput("", SKIPPED_AFTER_FAILURE), True
@@ -136,14 +149,24 @@ def run_unit(tool: "Tool", unit: Unit, *, after_failure: bool = False) -> tuple[
         return UnitOutput("", unit.error), False
     try:
         result = tool.execute(unit)
+    except SystemExit as exc:  # would end the worker silently: the call would wait out its timeout
+        return UnitOutput("", exit_failure(tool.name, exc)), False
     except Exception as exc:  # a tool bug becomes a tool error, not a crash
         return UnitOutput("", f"{type(exc).__name__}: {exc}"), False
     return UnitOutput(result.output, result.error), False
 
 
-def start_failure(tool: "Tool", exc: Exception) -> str:
+def start_failure(tool: "Tool", exc: BaseException) -> str:
     """The error every unit of a call reports when ``tool.warm_up()`` raised ``exc``."""
+    if isinstance(exc, SystemExit):
+        return f"{tool.name} could not start: its warm-up raised SystemExit({exc.code!r})"
     return f"{tool.name} could not start: {type(exc).__name__}: {exc}"
+
+
+def start_timeout(tool: "Tool", limit: float) -> str:
+    """The error of the units of a call whose ``tool.warm_up()`` outlived ``limit`` seconds:
+    none of them started, and the model must read that, not an empty success."""
+    return f"{tool.name} did not start within {limit:g}s (its warm-up had not finished); abandoned"
 
 
 class _StateLock:
@@ -261,7 +284,7 @@ class ToolCall:
     def _warm(self) -> None:
         try:
             self.tool.warm_up()
-        except Exception as exc:  # reported on every unit; the call still finishes
+        except TOOL_FAILURES as exc:  # reported on every unit; the call still finishes
             self._warm_error = start_failure(self.tool, exc)
         finally:
             self._warm_done.set()
@@ -312,26 +335,33 @@ class ToolCall:
                 if not waiting:
                     return
                 deadlines = [r.start + limit for r in waiting if r.start is not None]
-                if not self._warm_done.is_set():
+                warming = not self._warm_done.is_set()
+                if warming:
                     deadlines.append(self.opened + limit)
                 due = min(deadlines) if deadlines else None
                 now = time.perf_counter()
                 if due is not None and now >= due:
-                    self._abandon(now, limit)
+                    self._abandon(now, limit, warming=warming)
                     return
                 # No deadline: every waiting unit is queued behind a unit that ends (or
                 # starts, for plan tasks waiting on dependencies) under this lock, waking us.
                 self._lock.wait(None if due is None else due - now)
 
-    def _abandon(self, now: float, limit: float) -> None:
-        """Give up on every unfinished unit (lock held). The first is the stuck one."""
+    def _abandon(self, now: float, limit: float, *, warming: bool = False) -> None:
+        """Give up on every unfinished unit (lock held). The first started one is the stuck
+        one, the units queued behind it are skipped; ``warming``: the warm-up is what
+        overran, so no unit could start, and each reports that as its error (skipped units
+        are left out of the result, which would then read as an empty success)."""
         message = f"{self.tool.name} did not return within {limit:g}s; abandoned"
         for record in self.records:
             if record.end is None:
                 if record.start is None:
                     record.start = now
-                    record.skipped = True
-                    record.error = "skipped: an earlier part of this call did not finish"
+                    if warming:
+                        record.error = start_timeout(self.tool, limit)
+                    else:
+                        record.skipped = True
+                        record.error = "skipped: an earlier part of this call did not finish"
                 else:
                     record.error = message
                 record.end = now

@@ -233,14 +233,14 @@ class FunctionTool(ValidatedTool):
             errors = [describe_schema_error("arguments", e) for e in self._object_validator.iter_errors(arguments)]
         return errors
 
-    def describe_failure(self, arguments: dict[str, Any], exc: Exception) -> str:
+    def describe_failure(self, arguments: dict[str, Any], exc: BaseException) -> str:
         if isinstance(exc, _InvalidArguments):
             return f"{exc}; {self.name} was not run, fix the arguments and call it again"
-        message = str(exc) or "(no message)"
-        return (
-            f"{self.name}({_quote(arguments)}) raised {type(exc).__name__}: {message}; "
-            "check these arguments and call it again"
-        )
+        if isinstance(exc, SystemExit):  # argparse-style: its message went to stderr, the code is left
+            raised = f"SystemExit({exc.code!r})"
+        else:
+            raised = f"{type(exc).__name__}: {str(exc) or '(no message)'}"
+        return f"{self.name}({_quote(arguments)}) raised {raised}; check these arguments and call it again"
 
     def run(self, text: str, *, early: bool = False) -> ToolResult:
         """One-shot call with the arguments ``text`` (a JSON object): by default the

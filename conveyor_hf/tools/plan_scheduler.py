@@ -20,7 +20,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from conveyor_hf.tools.base import Tool, ToolCall, UnitRecord, run_unit
+from conveyor_hf.tools.base import Tool, ToolCall, UnitRecord, exit_failure, run_unit
 from parsers.plan import PlanParser, PlanTask
 from parsers.unit import Unit
 
@@ -258,6 +258,8 @@ class PlanCall(ToolCall):
                     output, error = self._call_sub_tool(record, tool)
                 except PlanError as exc:
                     error = f"task {record.unit.key}: {exc}"
+                except SystemExit as exc:  # would end this thread silently: the plan would wait out its timeout
+                    error = f"task {record.unit.key}: {exit_failure(tool.name, exc)}"
                 except Exception as exc:  # a tool bug becomes a task error, not a crash
                     error = f"task {record.unit.key}: {type(exc).__name__}: {exc}"
         with self._lock:

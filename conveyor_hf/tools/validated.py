@@ -62,7 +62,17 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Literal
 
-from conveyor_hf.tools.base import SideEffect, Tool, ToolCall, ToolResult, UnitOutput, UnitRecord, unit_errors
+from conveyor_hf.tools.base import (
+    TOOL_FAILURES,
+    SideEffect,
+    Tool,
+    ToolCall,
+    ToolResult,
+    UnitOutput,
+    UnitRecord,
+    exit_failure,
+    unit_errors,
+)
 from conveyor_hf.tools.json_schema import SchemaValidator, check_value, compile_schema
 from parsers.json_object import JsonObjectParser
 from parsers.unit import IncrementalParser, Unit
@@ -199,10 +209,23 @@ class ValidatedCall(ToolCall):
 
     def feed(self, unit: Unit) -> UnitRecord:
         tool: ValidatedTool = self.tool  # type: ignore[assignment]
-        items = tool._argument_items(unit, self._state, peek=True)
-        self._state.fed.update(name for name, _ in items or ())
+        self._state.fed.update(self._peek_names(unit))
         self.complete = self.complete or set(tool.properties) <= self._state.fed
         return super().feed(unit)
+
+    def _peek_names(self, unit: Unit) -> list[str]:
+        """The argument names ``unit`` carries, to know when every parameter is in.
+
+        Never raises: ``feed`` runs on the decode thread, which must not see a tool's
+        parsing exception. A unit that cannot be read here names nothing (the action then
+        waits for the close); the worker's ``execute`` reads it again and reports the problem.
+        """
+        tool: ValidatedTool = self.tool  # type: ignore[assignment]
+        try:
+            items = tool._argument_items(unit, self._state, peek=True)
+            return [name for name, _ in items or ()]
+        except TOOL_FAILURES:
+            return []
 
     def close(self) -> None:
         broken = any(r.unit.error is not None for r in self.records)  # e.g. invalid JSON
@@ -245,8 +268,11 @@ class ValidatedTool(Tool):
         """
         raise NotImplementedError(f"{type(self).__name__} must implement act(arguments)")
 
-    def describe_failure(self, arguments: dict[str, Any], exc: Exception) -> str:
-        """The error the model is shown when ``act`` raised ``exc``."""
+    def describe_failure(self, arguments: dict[str, Any], exc: BaseException) -> str:
+        """The error the model is shown when ``act`` raised ``exc`` (an ``Exception`` or
+        ``SystemExit``)."""
+        if isinstance(exc, SystemExit):
+            return exit_failure(self.name, exc)
         return f"{self.name} failed: {str(exc) or type(exc).__name__}"
 
     # -- schema access -------------------------------------------------------------------
@@ -362,7 +388,7 @@ class ValidatedTool(Tool):
             if validator is not None:
                 try:
                     message = validator(value)
-                except Exception as exc:  # a validator bug must not pass the value
+                except TOOL_FAILURES as exc:  # a validator bug must not pass the value
                     message = f"could not be checked ({type(exc).__name__}: {exc})"
                 if message:
                     error = f"argument {name!r}: {message}"
@@ -391,7 +417,7 @@ class ValidatedTool(Tool):
             if isinstance(value, str):  # OpenAI style: arguments as a JSON string
                 try:
                     value = json.loads(value)
-                except ValueError:
+                except (ValueError, RecursionError):  # not JSON, or nested too deep to decode
                     return [(unit.key, value)]
             if isinstance(value, dict):
                 return list(value.items())
@@ -431,7 +457,7 @@ class ValidatedTool(Tool):
                 arguments[name] = spec["default"]
         try:
             run.output = str(self.act(arguments))
-        except Exception as exc:
+        except TOOL_FAILURES as exc:  # SystemExit too: it would end the worker and hang the call
             run.error = self.describe_failure(arguments, exc)
         if not final:  # its error waits: an optional argument may still change the call
             return UnitOutput(run.output)
