@@ -11,6 +11,7 @@ Hostile code against the sandbox itself is in ``test_sandbox.py``.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import signal
 
@@ -117,6 +118,24 @@ def test_stop_on_error_skips_the_rest_of_the_call(py):
     assert rest.skipped
     assert result.error == bad.error
     assert run_unit(py, "flag\n").output == "'untouched'\n"
+
+
+def test_json_call_members_other_than_code_are_rejected_not_run(py):
+    # The units a JSON call hands over for members that are not the string "code" (text: the
+    # raw JSON member): they used to run as Python and fail with an unrelated SyntaxError.
+    run_unit(py, "note = 'untouched'\n")
+    note = py.execute(Unit(text='"note": "compute it"', key="note", value="compute it"))
+    assert note.output == ""
+    assert note.error.startswith("python got an unknown argument 'note'; its only argument is 'code'")
+    for value, kind in [(42, "int"), (["print(1)"], "list"), (None, "NoneType")]:
+        typed = py.execute(Unit(text=f'"code": {json.dumps(value)}', key="code", value=value))
+        assert typed.output == ""
+        assert typed.error.startswith(f"the code argument of python must be a string, got {kind}")
+    assert run_unit(py, "note\n").output == "'untouched'\n"  # none of that text ran
+    # A string "code" member (a plan's keyword argument) runs its value, not its text.
+    keyword = py.execute(Unit(text="code='x = 6 * 7'", key="code", value="x = 6 * 7\n"))
+    assert keyword.error is None and run_unit(py, "x\n").output == "42\n"
+    assert py.execute(Unit(text="40 + 2", value="40 + 2")).output == "42\n"  # positional
 
 
 def test_timeout_interrupts_and_keeps_the_kernel(either):

@@ -160,12 +160,35 @@ class PythonTool(Tool):
         """Wait until the kernel is ready, starting (or replacing a dead) one if needed."""
         self._session.wait_ready()
 
+    def code_of(self, unit: Unit) -> tuple[str, str | None]:
+        """The code a unit carries, or an error sentence.
+
+        A statement from the parser (or a plan's positional argument) is code; a JSON-call
+        member must be the string ``code`` argument: any other member's text is JSON, which
+        would otherwise run as Python and fail with an unrelated ``SyntaxError``.
+        """
+        if unit.key is not None and unit.key != "code":
+            return "", (
+                f"{self.name} got an unknown argument {unit.key!r}; its only argument is "
+                "'code', e.g. {\"code\": \"print(6 * 7)\"}"
+            )
+        value = unit.argument if unit.key is None else unit.value  # "code": null is no code
+        if not isinstance(value, str):
+            return "", (
+                f"the code argument of {self.name} must be a string, got "
+                f"{type(value).__name__}; write it as {{\"code\": \"print(6 * 7)\"}}"
+            )
+        return value, None
+
     def execute(self, unit: Unit) -> UnitOutput:
         """Run one statement in the kernel; blocks until it is idle, timed out or dead."""
-        if not unit.text.strip():
+        code, error = self.code_of(unit)
+        if error is not None:
+            return UnitOutput("", error)
+        if not code.strip():
             return UnitOutput()
         result = self._session.execute(
-            unit.text, timeout=self.timeout, max_output_chars=self.max_output_chars
+            code, timeout=self.timeout, max_output_chars=self.max_output_chars
         )
         if result.status == "closed" and self._session.closed:
             message = f"{self.name}: the tool is closed; create a new PythonTool"
