@@ -1,6 +1,7 @@
 """Tool child processes (the Python kernel, the calculator's child): they die with the process
 that started them however it ends, run at a lower CPU priority than decoding, and leave no
-directories behind, not even when that process is killed."""
+directories behind, not even when that process is killed. What the kernel starts dies with
+it, even what left the kernel's session or double-forked."""
 
 from __future__ import annotations
 
@@ -134,3 +135,62 @@ def test_closed_tools_leave_no_directories(mode):
     for tool in tools:
         tool.close()
     assert workdirs_of(os.getpid()) == before
+
+
+#: Code that starts a ``sleep`` the kernel's process group does not hold, and prints its pid:
+#: a child in a session of its own, or a daemon orphaned by the process that started it.
+ESCAPES = {
+    "new session": (
+        "import subprocess\n"
+        "print(subprocess.Popen(['sleep', '300'], start_new_session=True).pid)\n"
+    ),
+    "double fork": (
+        "import subprocess, sys\n"
+        "daemon = \"import subprocess as s; print(s.Popen(['sleep', '300'], start_new_session=True, \" \\\n"
+        "    \"stdin=s.DEVNULL, stdout=s.DEVNULL, stderr=s.DEVNULL).pid)\"\n"
+        "print(subprocess.run([sys.executable, '-c', daemon], capture_output=True, text=True).stdout.strip())\n"
+    ),
+}
+
+
+def start_escaped_sleep(py: PythonTool, how: str) -> psutil.Process:
+    result = py.run(ESCAPES[how])
+    assert result.error is None, result.output
+    child = psutil.Process(int(result.output.strip()))
+    assert child.name() == "sleep"
+    assert os.getpgid(child.pid) != os.getpgid(py.kernel_pid)  # killing the group would miss it
+    if how == "double fork":
+        assert child.ppid() != py.kernel_pid  # orphaned: not the kernel's child any more
+    return child
+
+
+@pytest.mark.parametrize("how", list(ESCAPES))
+def test_closing_an_unsandboxed_kernel_kills_what_escaped_its_group(how):
+    if how == "double fork" and not sys.platform.startswith("linux"):
+        pytest.skip("finding orphans needs Linux's PR_SET_CHILD_SUBREAPER")
+    py = PythonTool(timeout=10, sandbox=False)
+    child = None
+    try:
+        child = start_escaped_sleep(py, how)
+        py.close()
+        assert wait_until(lambda: gone(child.pid), limit=5), (child.pid, child.status())
+    finally:  # a failure leaves no sleep behind
+        py.close()
+        if child is not None and not gone(child.pid):
+            child.kill()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux's PR_SET_CHILD_SUBREAPER")
+def test_an_unsandboxed_kernel_that_dies_takes_its_daemons_along():
+    py = PythonTool(timeout=10, sandbox=False)
+    child = None
+    try:
+        child = start_escaped_sleep(py, "double fork")
+        died = py.run("import os; os._exit(1)\n")
+        assert "the Python kernel died (exit code 1)" in died.error
+        assert wait_until(lambda: gone(child.pid), limit=5), (child.pid, child.status())
+        assert py.run("print(2 + 2)\n").output == "4"  # and a fresh kernel took over
+    finally:
+        py.close()
+        if child is not None and not gone(child.pid):
+            child.kill()

@@ -16,6 +16,10 @@ nothing; the kernel's data segment is limited with ``RLIMIT_DATA``; the kernel r
 a lower CPU priority than decoding (``niceness``); closing the session, dropping it, or
 this process's death kills the kernel and everything it started, and closing removes its
 directories (:mod:`conveyor_hf.tools.workdir` sweeps those a killed process left).
+"Everything it started" includes processes in a session of their own and, sandboxed or
+on Linux, daemons that double-forked (a PID namespace, or a subreaper the kernel is
+launched under: :mod:`conveyor_hf.tools.kernel_worker`); not what the code has another
+service (systemd, cron, a container runtime) start for it.
 
 With a :class:`~conveyor_hf.tools.sandbox.Sandbox` the kernel runs contained (no
 network, read-only filesystem except its working directory, own PID namespace,
@@ -90,8 +94,9 @@ class KernelSession:
         autogroup when it starts (:mod:`conveyor_hf.tools.priority`), so that CPU-bound
         code slows decoding less. None: the priority of this process.
 
-    The kernel is killed (with its whole process group) by ``close()``, when the session
-    is garbage-collected, or at interpreter exit, whichever comes first.
+    The kernel is killed (with its process group and every process below it) by
+    ``close()``, when the session is garbage-collected, or at interpreter exit, whichever
+    comes first.
     """
 
     def __init__(
@@ -193,7 +198,7 @@ class KernelSession:
         self._worker.submit("restart").result()
 
     def close(self) -> None:
-        """Kill the kernel and its process group; idempotent."""
+        """Kill the kernel and everything it started; idempotent."""
         self._finalizer()
 
     def __enter__(self) -> "KernelSession":

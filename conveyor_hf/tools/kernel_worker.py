@@ -9,7 +9,14 @@ death, for ``close()`` or for a deadline, never on a timer.
 
 It launches the kernel itself, so a sandboxed kernel's ``bwrap --die-with-parent`` ties the
 kernel's life to this long-lived thread: the kernel dies with the session, and with this
-process however it ends (a plain kernel: ipykernel's parent poller, ``JPY_PARENT_PID``).
+process however it ends. A plain kernel (Linux) is launched under a small subreaper
+(:func:`~conveyor_hf.tools.kernel_setup.subreaper_command`) with ``PR_SET_PDEATHSIG``
+tied to this thread in the same way; every process orphaned below the kernel becomes the
+subreaper's child, and it kills them all once the kernel has ended. Stopping a kernel
+SIGKILLs its descendants (:func:`kill_descendants`), the kernel and its process group, so
+nothing it started survives: not a child in a session of its own, nor, with the
+subreaper, a double-forked daemon. What escapes: processes another service starts on the
+code's behalf (systemd, cron, a container runtime), and, elsewhere than Linux, orphans.
 The kernel runs at a lower CPU priority (:mod:`conveyor_hf.tools.priority`).
 """
 
@@ -23,6 +30,7 @@ import queue
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -31,16 +39,30 @@ from typing import Any
 
 from conveyor_hf.text import shorten
 from conveyor_hf.tools.capped_text import CappedText
-from conveyor_hf.tools.kernel_setup import CUT_MIMETYPE, REAPED_MIMETYPE, setup_code
+from conveyor_hf.tools.kernel_setup import CUT_MIMETYPE, REAPED_MIMETYPE, setup_code, subreaper_command
 from conveyor_hf.tools.priority import lower_priority
 from conveyor_hf.tools.sandbox import Sandbox, contained_pid
 from conveyor_hf.tools.workdir import Workdir, create_workdir
 
-__all__ = ["Execution", "KernelError", "KernelWorker", "SessionClosed", "close_worker", "kill_group", "strip_ansi"]
+__all__ = [
+    "Execution",
+    "KernelError",
+    "KernelWorker",
+    "SessionClosed",
+    "close_worker",
+    "kill_descendants",
+    "kill_group",
+    "strip_ansi",
+]
 
 #: Seconds between two liveness checks of the kernel process while waiting for output,
 #: used only where a process cannot be waited on directly (no pidfd).
 _ALIVE_EVERY = 0.1
+#: Seconds the subreaper of a plain kernel has, once the kernel is killed, to kill what is
+#: left below it and exit, before it is killed itself.
+_SUBREAPER_GRACE = 2.0
+#: A plain kernel is launched under a subreaper (``PR_SET_CHILD_SUBREAPER`` is Linux's).
+_USE_SUBREAPER = sys.platform.startswith("linux")
 #: Most statements (and characters) remembered for replay after a kernel restart.
 _REPLAY_MAX_STATEMENTS = 2000
 _REPLAY_MAX_CHARS = 1_000_000
@@ -87,18 +109,18 @@ _NAMES_CODE = "print('\\n'.join(get_ipython().run_line_magic('who_ls', '')))\n"
 
 
 @functools.lru_cache(maxsize=1)
-def _sandboxed_manager_class() -> type:
+def _wrapping_manager_class() -> type:
     """A ``KernelManager`` whose launch command goes through ``self.wrap_command``."""
     from jupyter_client.manager import KernelManager
 
-    class SandboxedKernelManager(KernelManager):
+    class WrappingKernelManager(KernelManager):
         wrap_command: Any = None
 
         def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
             command = super().format_kernel_cmd(extra_arguments)
             return self.wrap_command(command) if self.wrap_command is not None else command
 
-    return SandboxedKernelManager
+    return WrappingKernelManager
 
 
 # -- the worker: owns the KernelManager and client; lives on its own thread ----------
@@ -327,8 +349,6 @@ class KernelWorker:
 
     def start(self) -> None:
         """Launch a kernel, wait until it answers, configure it. Raises KernelError."""
-        from jupyter_client.manager import KernelManager
-
         self.starts += 1
         try:
             if self.runtime is None:
@@ -339,10 +359,10 @@ class KernelWorker:
                     else create_workdir("kernel")
                 )
             base = os.path.join(self.runtime.path, f"kernel{self.starts}")
-            manager_class = _sandboxed_manager_class() if self.sandbox is not None else KernelManager
-            km = manager_class(
+            km = _wrapping_manager_class()(
                 kernel_name=self.kernel_name, transport="ipc", ip=base, connection_file=base + ".json"
             )
+            subreaper = self.sandbox is None and _USE_SUBREAPER
             self.stderr = tempfile.TemporaryFile()
             if self.sandbox is not None:
                 sandbox, runtime = self.sandbox, self.runtime.path
@@ -354,6 +374,9 @@ class KernelWorker:
                 km.kernel_spec.interrupt_mode = "message"
                 km.write_connection_file()
                 sandbox.give(km.connection_file)
+            elif subreaper:
+                niceness = self.niceness
+                km.wrap_command = lambda command: subreaper_command(command, niceness=niceness)
             km.start_kernel(
                 cwd=self.cwd,
                 stdout=subprocess.DEVNULL,  # a quiet start: nothing on the user's terminal
@@ -373,6 +396,8 @@ class KernelWorker:
             if self.sandbox is not None:
                 self.pid = contained_pid(self.launched_pid, "ipykernel_launcher") or self.launched_pid
                 lower_priority(self.pid, self.niceness)  # the kernel inside, in its own session
+            elif subreaper:
+                self.pid = _first_child(self.launched_pid) or self.launched_pid  # the kernel itself
             setup = self._run(
                 self._setup_code(), timeout=self.startup_timeout, limit=2000, silent=True
             )
@@ -404,7 +429,12 @@ class KernelWorker:
         return f" ({lines[-1][:300]})" if lines else ""
 
     def shutdown(self) -> None:
-        """Stop the channels and kill the kernel's process group. Never raises."""
+        """Stop the channels and kill the kernel with everything it started. Never raises.
+
+        The kernel's descendants first (those in a session of their own are not in its
+        process group), while the launched process still holds them together; then the
+        launched process and its group. Sandboxed, the PID namespace ends with bwrap.
+        """
         kc, km, pgid = self.kc, self.km, self.pgid
         self.kc = self.km = None
         self.needs_restart = False
@@ -414,13 +444,18 @@ class KernelWorker:
                 kc.stop_channels()
             except Exception:
                 pass
+        process = _launched_process(km)
+        if kill_descendants(process) and self.sandbox is None and _USE_SUBREAPER:
+            # The subreaper kills what was orphaned meanwhile, then exits: let it finish.
+            try:
+                process.wait(timeout=_SUBREAPER_GRACE)
+            except Exception:
+                pass
         if km is not None:
             try:
                 km.shutdown_kernel(now=True)
             except Exception:
                 pass
-        # Whatever the kernel spawned lives in its process group (or, sandboxed, in its PID
-        # namespace, which ends with bwrap): leave nothing behind.
         kill_group(pgid)
         if self.pidfd is not None:
             try:
@@ -626,6 +661,51 @@ def _pidfd(pid: int | None) -> int | None:
         return None
 
 
+def _launched_process(km: Any) -> subprocess.Popen | None:
+    """The process ``km`` launched (the kernel, its subreaper or its bwrap), or None."""
+    process = getattr(getattr(km, "provisioner", None), "process", None)
+    return process if isinstance(process, subprocess.Popen) else None
+
+
+def _first_child(pid: int | None) -> int | None:
+    """The oldest child of process ``pid`` (a subreaper's kernel), or None."""
+    import psutil
+
+    try:
+        children = psutil.Process(pid).children()
+        return min(children, key=lambda child: child.create_time()).pid if children else None
+    except (psutil.Error, TypeError, ValueError):
+        return None
+
+
+def kill_descendants(process: subprocess.Popen | None) -> bool:
+    """SIGKILL every descendant of ``process``, a child of this process. Never raises.
+
+    Returns whether ``process`` was still running (only then are its descendants looked
+    for: the pid of one that has been reaped may be another process's now). Processes a
+    descendant forks while this runs are missed, unless ``process`` is a subreaper.
+    """
+    if process is None:
+        return False
+    try:
+        if process.poll() is not None:
+            return False
+    except Exception:
+        return False
+    import psutil
+
+    try:
+        descendants = psutil.Process(process.pid).children(recursive=True)
+    except psutil.Error:
+        return True
+    for descendant in descendants:
+        try:
+            descendant.kill()  # psutil makes sure the pid is still that process
+        except psutil.Error:
+            pass
+    return True
+
+
 def kill_group(pgid: int | None) -> None:
     """SIGKILL a kernel's process group (the kernel and what it spawned). Never raises."""
     if pgid is None or pgid <= 1 or not hasattr(os, "killpg") or pgid == os.getpgrp():
@@ -651,6 +731,7 @@ def close_worker(worker: KernelWorker, cleanup: Workdir | None, timeout: float) 
             pass
         worker.thread.join(timeout=1.0)
         if worker.thread.is_alive():  # stuck in a call into the kernel: kill it from here
+            kill_descendants(_launched_process(worker.km))
             kill_group(worker.pgid)
     if cleanup is not None:
         cleanup.close()
