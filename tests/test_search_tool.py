@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -252,6 +253,54 @@ def test_emulated_latency_is_applied_and_labelled(backend):
     assert "no emulated latency" in backend.describe()
     with pytest.raises(ValueError, match="latency"):
         OfflineSearchBackend(latency=-1)
+
+
+class HeldBackend(OfflineSearchBackend):
+    """Once ``hold`` is set, the next query stops *inside* SQLite (a progress handler on its
+    connection, kept in ``held``) and sets ``inside``; it goes on when ``release`` is set."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.hold, self.inside, self.release = threading.Event(), threading.Event(), threading.Event()
+        self.opened: list[sqlite3.Connection] = []
+        self.held: sqlite3.Connection | None = None
+
+    def _open(self, path):
+        conn = super()._open(path)
+        self.opened.append(conn)
+
+        def progress() -> int:
+            if self.hold.is_set() and not self.inside.is_set():
+                self.held = conn
+                self.inside.set()
+                self.release.wait(30)
+            return 0  # 0: go on
+
+        conn.set_progress_handler(progress, 1)
+        return conn
+
+
+def test_close_while_a_query_runs_leaves_its_connection_alone(corpus, tmp_path):
+    backend = HeldBackend(corpus, cache_dir=tmp_path)
+    tool = SearchTool(backend=backend, max_results=1)
+    assert tool.run("Cheetah\n").error is None  # the index is built, one connection pooled
+    backend.hold.set()
+    call = tool.open_call()
+    try:
+        call.feed(Unit(text="Mariana Trench", value="Mariana Trench"))
+        assert backend.inside.wait(30)  # the query is inside SQLite on a pooled connection
+        tool.close()  # e.g. a server tearing the conversation down mid-call
+    finally:
+        backend.release.set()
+    result = call.finish()
+    assert result.error is None and "1. Mariana Trench" in result.output
+    # Its connection was closed when the query gave it back, not put into the new pool.
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        backend.held.execute("SELECT 1")
+    after = tool.run("Cheetah\n")
+    assert after.error is None and "1. Cheetah" in after.output
+    assert backend.opened[-1] is not backend.held  # the backend reopened on next use
+    tool.close()
 
 
 # -- SearchTool -----------------------------------------------------------------------------

@@ -31,7 +31,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import queue
 import re
 import sqlite3
 import tempfile
@@ -117,7 +116,9 @@ class OfflineSearchBackend:
       snippet_chars: length of each hit's snippet.
       title_weight: BM25 weight of the title column against the body's 1.0.
 
-    Thread-safe: each query borrows a connection from a small pool.
+    Thread-safe: each query borrows a connection from a small pool. :meth:`close` closes
+    the idle ones at once and a borrowed one when its query gives it back, so a query in
+    flight finishes on its own connection.
     """
 
     def __init__(
@@ -144,9 +145,11 @@ class OfflineSearchBackend:
         self.index_path: Path | None = None
         self.documents = 0
         self._lock = threading.Lock()
-        self._pool: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
-        self._connections: list[sqlite3.Connection] = []
-        self._closed = False
+        #: Idle connections, newest last; only touched under ``_lock``.
+        self._idle: list[sqlite3.Connection] = []
+        #: Bumped by close(): a connection borrowed under an older generation is closed
+        #: when it comes back instead of being pooled again.
+        self._generation = 0
 
     # -- set-up ----------------------------------------------------------------------
     @property
@@ -184,37 +187,55 @@ class OfflineSearchBackend:
                         ) from exc
                     self.build_seconds = time.perf_counter() - started
                     self.built_index = True
-                with self._open(path) as conn:
+                conn = self._open(path)
+                try:
                     row = conn.execute("SELECT value FROM meta WHERE key='documents'").fetchone()
-                    self.documents = int(row[0])
+                finally:
+                    conn.close()
+                self.documents = int(row[0])
                 self.index_path = path
         return self.index_path
 
     def _open(self, path: Path) -> sqlite3.Connection:
         uri = path.resolve().as_uri() + "?mode=ro"
-        conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
-        return conn
+        return sqlite3.connect(uri, uri=True, check_same_thread=False)
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
+        """Borrow a pooled connection (a new one if none is idle) for one query."""
         path = self.ensure_index()
-        try:
-            conn = self._pool.get_nowait()
-        except queue.Empty:
-            conn = self._open(path)
-            with self._lock:
-                self._connections.append(conn)
+        conn, generation = self._borrow(path)
         try:
             yield conn
         finally:
-            self._pool.put(conn)
+            self._give_back(conn, generation)
+
+    def _borrow(self, path: Path) -> tuple[sqlite3.Connection, int]:
+        with self._lock:
+            generation = self._generation
+            if self._idle:
+                return self._idle.pop(), generation
+        return self._open(path), generation
+
+    def _give_back(self, conn: sqlite3.Connection, generation: int) -> None:
+        """Pool ``conn`` again, or close it if :meth:`close` ran while it was borrowed."""
+        with self._lock:
+            if generation == self._generation:
+                self._idle.append(conn)
+                return
+        conn.close()  # on the thread that used it, now that no query runs on it
 
     def close(self) -> None:
-        """Close every pooled connection. Idempotent; the backend reopens on next use."""
+        """Close the pooled connections. Idempotent; the backend reopens on next use.
+
+        Idle connections close now; a connection a query is using (on another thread)
+        closes when that query gives it back. Closing it under the query would crash the
+        process inside SQLite.
+        """
         with self._lock:
-            connections, self._connections = self._connections, []
-            self._pool = queue.LifoQueue()
-        for conn in connections:
+            idle, self._idle = self._idle, []
+            self._generation += 1
+        for conn in idle:
             conn.close()
 
     def describe(self) -> str:
