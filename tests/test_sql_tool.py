@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conveyor_hf.tools.base import SideEffect
-from conveyor_hf.tools.sql import SQLTool, format_rows
+from conveyor_hf.tools.sql import MAX_VALUE_BYTES, SQLTool, format_rows
 from parsers.sql_statements import split_statements
 from parsers.unit import Unit
 from helpers import LLMCOMPILER_DATA, wait_until
@@ -101,6 +101,23 @@ def test_long_values_are_cut_and_nulls_shown():
     table = format_rows(["a", "b"], [("x" * 200, None), (b"\x00\x01", 1.5)], max_cell_chars=10)
     assert table.splitlines() == ["a | b", "xxxxxxxxx\u2026 | NULL", "<blob 2 bytes> | 1.5"]
     assert format_rows(["a"], []).splitlines() == ["a", "(no rows)"]
+
+
+@pytest.mark.skipif(not hasattr(sqlite3.Connection, "setlimit"), reason="Connection.setlimit is Python 3.11+")
+def test_huge_values_fail_in_sqlite_with_an_error_the_model_reads(sql):
+    # Rows are fetched whole before cells are cut to 80 chars: 20 rows of 100 MB values
+    # would make this process allocate 2 GB. SQLite now refuses to make such values.
+    rows = "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c LIMIT 20) "
+    result = sql.run(rows + "SELECT randomblob(100000000) AS big FROM c;\n")
+    assert "string or blob too big" in result.error
+    assert f"at most {MAX_VALUE_BYTES // (1024 * 1024)} MiB" in result.error and "substr(" in result.error
+    assert f"error: {result.error}" in result.output  # the re-prompt shows it to the model
+    # printf() gives NULL past the limit (SQLite 3.40; newer ones may raise): bounded either way.
+    printed = sql.run(rows + "SELECT printf('%.*c', 100000000, 'x') AS big FROM c;\n")
+    assert "too big" in (printed.error or "") or printed.output.splitlines()[1:6] == ["NULL"] * 5
+    # Values under the limit still work, and the tool stays usable.
+    fine = sql.run(f"SELECT length(randomblob({MAX_VALUE_BYTES // 2})) AS n;\n")
+    assert fine.error is None and fine.output == f"n\n{MAX_VALUE_BYTES // 2}"
 
 
 def test_several_statements_are_echoed_and_an_error_names_the_statement(sql):

@@ -14,7 +14,10 @@ writes; the tool is then ``mutating``, so its statements wait for the whole call
 decoded unless ``allow_early=True``.
 
 A statement that runs longer than ``timeout`` seconds is stopped with
-``Connection.interrupt()``; results are cut to ``max_rows`` rows for the re-prompt.
+``Connection.interrupt()``; results are cut to ``max_rows`` rows for the re-prompt. No
+string, blob or row may exceed :data:`MAX_VALUE_BYTES` (a statement that would make one
+fails with "string or blob too big"), so one query cannot make this process allocate
+gigabytes.
 
 Example::
 
@@ -42,6 +45,12 @@ __all__ = ["SQLTool", "format_rows"]
 
 #: Rows counted past ``max_rows`` for the "… N more rows" line before giving up counting.
 COUNT_LIMIT = 100_000
+#: Largest string, blob or row SQLite may make (``SQLITE_LIMIT_LENGTH``; its default is
+#: 1e9 bytes). Rows are fetched whole before a cell is cut for the model, so without it one
+#: SELECT of ``max_rows`` huge values (``randomblob(1e9)``) makes this process allocate
+#: gigabytes. Past the limit SQLite refuses to make the value: the statement fails with
+#: "string or blob too big" (``printf()`` gives NULL instead).
+MAX_VALUE_BYTES = 4 * 1024 * 1024
 
 
 # -- result formatting ----------------------------------------------------------------
@@ -218,6 +227,7 @@ class SQLTool(Tool):
             )
         except sqlite3.Error as exc:
             raise sqlite3.OperationalError(f"cannot open database {self.database!r}: {exc}") from exc
+        _limit_value_size(conn)
         if self.read_only:
             conn.set_authorizer(self._authorizer)
         self._conn = conn
@@ -329,6 +339,12 @@ class SQLTool(Tool):
                 "read-only; use SELECT queries, or create the tool with "
                 "SQLTool(..., read_only=False) to allow writes"
             )
+        if getattr(exc, "sqlite_errorname", None) == "SQLITE_TOOBIG":
+            return (
+                f"SQL error in {short!r}: {exc} (this tool allows values of at most "
+                f"{MAX_VALUE_BYTES // (1024 * 1024)} MiB); select a part of the value, e.g. "
+                "substr(x, 1, 200), or its length(x), instead of the whole value"
+            )
         return f"SQL error in {short!r}: {exc}"
 
     def format_result(self, records: list[UnitRecord]) -> ToolResult:
@@ -349,6 +365,16 @@ class SQLTool(Tool):
 
     def __repr__(self) -> str:
         return f"SQLTool({self.database!r}, read_only={self.read_only}, max_rows={self.max_rows})"
+
+
+def _limit_value_size(conn: sqlite3.Connection) -> None:
+    """Cap the strings, blobs and rows ``conn`` may make at :data:`MAX_VALUE_BYTES`.
+
+    ``Connection.setlimit`` is Python 3.11+; on 3.10 SQLite's own limit (1e9 bytes) stays.
+    """
+    setlimit = getattr(conn, "setlimit", None)
+    if setlimit is not None:
+        setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
 
 
 def _plain_path(database: str) -> str | None:
