@@ -276,7 +276,8 @@ class JsonCallHandler(CallHandler):
         return result
 
     def render(self, result: ToolResult, text_so_far: str, *, tokenizer: Any, aborted: bool = False) -> str:
-        """A ``tool`` turn through the chat template when it has one, else an output block."""
+        """A ``tool`` turn through the chat template when it has one (and ``tokenizer`` is
+        given), else an output block."""
         return render_tool_turns([(self, result)], text_so_far, tokenizer=tokenizer, aborted=aborted)
 
     def _route(self, unit: Unit) -> None:
@@ -326,10 +327,10 @@ def render_tool_turns(results: Sequence[tuple[CallHandler, ToolResult]], text_so
                       tokenizer: Any, aborted: bool = False) -> str:
     """The results of JSON calls as ``tool`` turns, in call order, through the chat
     template (one turn each, grouped as the template groups them); without a usable tool
-    role, one output block per result in the assistant's turn."""
+    role, or with ``tokenizer`` None, one output block per result in the assistant's turn."""
     bodies = [(h.tool_name, result_body(r)) for h, r in results]
     unclosed = results[-1][0].needs_closer(aborted) if results else None
-    suffix = tool_turns_suffix(tokenizer, bodies)
+    suffix = tool_turns_suffix(tokenizer, bodies) if tokenizer is not None else None
     if suffix is None:
         text = ""
         for handler, result in results:

@@ -228,7 +228,7 @@ class _Printer:
                                               f"({rec.duration:.2f}s, {status}){detail}\n"))
             elif event.kind == "result":
                 self._flush_notices()
-                self._write(event.text, self._cyan)
+                self._write(event.shown, self._cyan)
 
     def done(self) -> None:
         with self.lock:

@@ -69,7 +69,10 @@ class Conversation:
     whole answer against ``budget``. ``round_index`` counts the rounds it resumed.
     ``caller_calls`` are the calls handed to the caller when the answer stopped with
     ``"tool_calls"``; ``hidden_spans`` where the text of calls of caller tools lies in
-    ``text`` (they are not part of :attr:`content`). ``feed_seconds`` is the time spent in
+    ``text`` (they are not part of :attr:`content`), and ``shown_spans`` where a tool
+    result lies that the chat template framed as ``tool`` turns, with the output blocks a
+    chat client is shown in its place (the template's special tokens are the model's
+    business, not the reader's). ``feed_seconds`` is the time spent in
     :meth:`feed_token` / :meth:`feed_delta` (detokenizing, parsing, starting tool units):
     conveyor_hf's own work inside the engine's decoding loop, which the timeline reports.
     """
@@ -95,6 +98,7 @@ class Conversation:
     turn_start: int = 0  # where the current assistant turn begins in ``text``
     caller_calls: list["CallerToolCall"] = field(default_factory=list)
     hidden_spans: list[tuple[int, int]] = field(default_factory=list)
+    shown_spans: list[tuple[int, int, str]] = field(default_factory=list)
     feed_seconds: float = 0.0
     _released: int = 0  # how much of ``text`` the call detector has released as events
     _call_start: int = 0  # where the open call's opener begins in ``text``
@@ -114,14 +118,18 @@ class Conversation:
     @property
     def content(self) -> str:
         """The answer as a chat client shows it: :attr:`text` without the calls of tools
-        the caller runs (those come back as ``tool_calls``)."""
-        return _without(self.text, self.hidden_spans)
+        the caller runs (those come back as ``tool_calls``), tool results as output blocks."""
+        return self.shown_since(0)
+
+    def shown_since(self, start: int) -> str:
+        """``text[start:]`` as a chat client shows it (see :attr:`content`)."""
+        return _as_shown(self.text, self.hidden_spans, self.shown_spans, start=start)
 
     def messages(self) -> list[dict[str, Any]]:
         """The answer as chat messages: assistant turns (their text, native tool output
         blocks included) and the ``tool`` turns that came back at each turn's end; the
         last assistant turn carries the ``tool_calls`` handed to the caller."""
-        tail = _without(self.text, self.hidden_spans, start=self.turn_start)
+        tail = self.shown_since(self.turn_start)
         if not (tail or self.caller_calls or not self.turns):
             return list(self.turns)
         last: dict[str, Any] = {"role": "assistant", "content": tail}
@@ -275,11 +283,15 @@ class Conversation:
         appended = ""
         for handler, result in finished:
             if not handler.at_turn_end:
-                appended += handler.render(result, self.text + appended, tokenizer=tokenizer, aborted=aborted)
+                appended += self._rendered(
+                    lambda tok, so_far: handler.render(result, so_far, tokenizer=tok, aborted=aborted),
+                    appended, tokenizer)
         at_end = [(h, r) for h, r in finished if h.at_turn_end]
         if at_end:
             turn_text = self.text + appended
-            appended += render_tool_turns(at_end, turn_text, tokenizer=tokenizer, aborted=aborted)
+            appended += self._rendered(
+                lambda tok, so_far: render_tool_turns(at_end, so_far, tokenizer=tok, aborted=aborted),
+                appended, tokenizer)
             self.turns.append({"role": "assistant", "content": turn_text[self.turn_start:]})
             self.turns += [{"role": "tool", "name": h.tool_name, "content": result_body(r)} for h, r in at_end]
         self.pieces.append(appended)
@@ -297,6 +309,18 @@ class Conversation:
         self.round_index += 1
 
     # -- internals ---------------------------------------------------------------------
+    def _rendered(self, render: Callable[[Any, str], str], appended: str, tokenizer: Any) -> str:
+        """``render(tokenizer, text_so_far)``: a result as the model reads it, to append
+        after ``appended``. Where the chat template framed it as ``tool`` turns, the same
+        result as output blocks (``render(None, …)``) is what a client is shown there."""
+        so_far = self.text + appended
+        text = render(tokenizer, so_far)
+        shown = render(None, so_far)
+        if shown != text:
+            start = len(so_far)
+            self.shown_spans.append((start, start + len(text), shown))
+        return text
+
     def _rules(self) -> ConversationRules:
         if self.rules is None:
             raise RuntimeError(f"conversation {self.row} has no rules; the engine must bind them before decoding")
@@ -366,13 +390,17 @@ class Conversation:
         return text, events
 
 
-def _without(text: str, spans: Sequence[tuple[int, int]], *, start: int = 0) -> str:
-    """``text[start:]`` with the ``spans`` (offsets into ``text``) cut out."""
+def _as_shown(text: str, hidden: Sequence[tuple[int, int]], shown: Sequence[tuple[int, int, str]], *,
+              start: int = 0) -> str:
+    """``text[start:]`` with the ``hidden`` spans cut out and each ``shown`` span
+    ``(begin, end, replacement)`` replaced (offsets into ``text``; spans never overlap)."""
     kept, at = [], start
-    for begin, end in sorted(spans):
+    for begin, end, replacement in sorted([(b, e, "") for b, e in hidden] + list(shown)):
         if end <= at:
             continue
         kept.append(text[at:max(at, begin)])
+        if begin >= at:
+            kept.append(replacement)
         at = end
     kept.append(text[at:])
     return "".join(kept)

@@ -176,10 +176,11 @@ class ToolLoop:
                     handler.call.close()
             return None
         conv.close_round(new_ids, eos_token_last=eos_token_last)
+        before = len(conv.text)
         appended = conv.finish_calls(tokenizer=self.tokenizer, on_result=self._record)
         if appended is None:
             return None
-        self.notify(StreamEvent("result", conv.row, appended))
+        self.notify(StreamEvent("result", conv.row, appended, shown=conv.shown_since(before)))
         if not (conv.resumes and conv.round_index < self.max_rounds and conv.generated < conv.budget):
             return None
         if self.replayer is not None and conv.stop == "abort":

@@ -20,8 +20,10 @@ class StreamEvent:
     ``kind`` is ``"text"`` (a delta of model text), ``"unit"`` (a tool unit finished;
     ``record`` holds it; usually sent from a tool worker thread, so a callback must be
     thread-safe) or ``"result"`` (the text appended after a call, as the model will see
-    it). With a remote engine, events of different conversations come from different
-    threads.
+    it; ``shown`` holds it as a chat client is shown it, the share of
+    :attr:`ConveyorOutput.contents`: output blocks where the chat template framed the
+    results as ``tool`` turns). With a remote engine, events of different conversations
+    come from different threads.
     """
 
     kind: Literal["text", "unit", "result"]
@@ -29,6 +31,7 @@ class StreamEvent:
     text: str = ""
     tool: str = ""
     record: UnitRecord | None = None
+    shown: str = ""
 
 
 @dataclass

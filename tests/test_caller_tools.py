@@ -64,7 +64,7 @@ def test_the_stream_never_shows_a_caller_call(tiny_model, tokenizer):
 
     def on_event(event: StreamEvent) -> None:
         if event.kind in ("text", "result"):
-            shown.append(event.text)
+            shown.append(event.shown if event.kind == "result" else event.text)
 
     turn = "A " + LOOKUP_CALL + " B " + WEATHER_CALL + " C<|im_end|>"
     out = run(tiny_model, tokenizer, [lookup, WEATHER], turn, stream=on_event)

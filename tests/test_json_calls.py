@@ -31,6 +31,27 @@ def test_json_call_reaches_the_tool_and_returns_as_a_tool_turn(tiny_model, token
     assert out.text.endswith("It is deep.")
 
 
+@pytest.mark.parametrize("parallel", [False, True])
+def test_content_shows_a_tool_turn_as_an_output_block(tiny_model, tokenizer, parallel):
+    # The model reads the result through the template's tool role; a chat client is shown
+    # it as an output block, never the template's special tokens, and so is the stream.
+    shown: list[str] = []
+
+    def on_event(event):
+        if event.kind in ("text", "result"):
+            shown.append(event.shown if event.kind == "result" else event.text)
+
+    call = '<tool_call>{"name": "lookup", "arguments": {"input": "K2"}}</tool_call>'
+    with ConveyorGenerator(tiny_model, tokenizer, tools=[lookup()], parallel_tool_calls=parallel) as gen:
+        end_turn = "<|im_end|>" if parallel else ""  # parallel calls run when the turn ends
+        out = gen.generate(ASK, replay=["Sure." + call + end_turn + "Done."], max_new_tokens=150, stream=on_event)
+    assert "<|im_start|>tool\nFOUND K2<|im_end|>" in out.text
+    assert out.content == "Sure." + call + "\n```output\nFOUND K2\n```\nDone."
+    assert "".join(shown) == out.content
+    assert [m["role"] for m in out.messages[0]] == ["assistant", "tool", "assistant"][: 3 if parallel else 1]
+    assert all("<|im_" not in m["content"] for m in out.messages[0])
+
+
 def test_modes_agree_on_json_calls(tiny_model, tokenizer):
     script = '<tool_call>{"name": "lookup", "arguments": {"input": "a"}}</tool_call>ok'
     partial = run(tiny_model, tokenizer, script, mode="partial")

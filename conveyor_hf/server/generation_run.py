@@ -113,8 +113,9 @@ class GenerationRun:
         self._post(self._finish, item)
 
     def _on_event(self, event: StreamEvent) -> None:
-        if event.kind in ("text", "result") and event.text and not self.cancel.is_set():
-            self._post(self.events.put_nowait, Delta(event.text))
+        text = event.shown if event.kind == "result" else event.text if event.kind == "text" else ""
+        if text and not self.cancel.is_set():
+            self._post(self.events.put_nowait, Delta(text))
 
     def _finish(self, item: Finished | Failed) -> None:
         """(Event loop.) Report the end, then let the server take back the slot and tools."""
