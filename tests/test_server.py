@@ -24,7 +24,10 @@ import pytest
 
 from conveyor_hf.engines.generate import GenerateEngine
 from conveyor_hf.generator import ConveyorGenerator
+from conveyor_hf.server.errors import APIError
+from conveyor_hf.server.kernel_pool import KernelPool
 from conveyor_hf.server.serial_engine import SerialEngine
+from conveyor_hf.server.validation import RequestPolicy, validate_request
 from conveyor_hf.tools import ScriptedTool
 from helpers import wait_until
 from servers import ServedProcess, free_port
@@ -235,9 +238,22 @@ def test_bad_requests_get_a_clear_4xx_and_the_server_stays_up(server):
     with pytest.raises(openai.BadRequestError, match="plus max_tokens=9000 exceeds"):
         api.chat.completions.create(**{**ok, "max_tokens": 9000})
 
+    nested = b'{"model": "x", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    deep = httpx.post(url, content=nested, headers={"Content-Type": "application/json"})
+    assert deep.status_code == 400 and "nested too deeply" in deep.json()["error"]["message"]
+    schema: dict = {"type": "string"}
+    for _ in range(600):
+        schema = {"type": "array", "items": schema}
+    with pytest.raises(openai.BadRequestError, match="nested too deeply|maximum recursion depth") as refused:
+        api.chat.completions.create(**ok, tools=[{"type": "function", "function": {
+            "name": "f", "parameters": {"type": "object", "properties": {"x": schema}}}}])
+    assert len(str(refused.value)) < 1000  # names the schema by its start, not whole
+    huge = httpx.post(url, content=b" " * (9 << 20), headers={"Content-Type": "application/json"})
+    assert huge.status_code == 413 and "at most 8388608 bytes" in huge.json()["error"]["message"]
+
     health = httpx.get(server.root + "/health", timeout=10).json()
     assert health["status"] == "ok" and health["tools"] == ["python"] and health["engine"] in ("generate", "continuous")
-    assert metrics(server)['conveyor_requests_total{outcome="invalid"}'] >= 10
+    assert metrics(server)['conveyor_requests_total{outcome="invalid"}'] >= 13
     assert httpx.get(server.root + "/v1/models", timeout=10).json()["data"][0]["id"] == MODEL
     assert api.chat.completions.create(**ok).choices[0].message.content
 
@@ -338,3 +354,46 @@ def test_the_serial_engine_decodes_another_request_while_one_waits_for_its_tool(
     assert decoded_meanwhile  # the second request decoded while the first waited for its tool
     assert results["b"].timeline.summary()["new_tokens"] == 5
     assert "ECHO x" in results["a"].text and results["a"].text.endswith("after")
+
+
+def test_request_fields_are_read_as_the_api_types_read_them():
+    policy = RequestPolicy(model_id=MODEL, remote=False, server_tools=("python",))
+    ask = {"messages": [{"role": "user", "content": "Hi"}]}
+    chat = validate_request({**ask, "stream": "false", "parallel_tool_calls": "false"}, policy)
+    assert chat.stream is False and chat.parallel_tool_calls is False
+    chat = validate_request({**ask, "stream": "true", "stream_options": {"include_usage": "false"}}, policy)
+    assert chat.stream is True and chat.include_usage is False
+    with pytest.raises(APIError, match="top_p=7 must be above 0 and at most 1"):
+        validate_request({**ask, "top_p": 7}, policy)  # refused even where greedy decoding ignores it
+
+
+class _FlakyStarts(ScriptedTool):
+    """A pool template whose forks fail to start while ``failing`` is set."""
+
+    def __init__(self, failing: threading.Event) -> None:
+        super().__init__("flaky")
+        self.failing = failing
+
+    def fork(self) -> "_FlakyStarts":
+        return _FlakyStarts(self.failing)
+
+    def warm_up(self) -> None:
+        if self.failing.is_set():
+            raise RuntimeError("transient start failure")
+
+
+def test_a_pool_that_recovered_from_a_failed_start_is_not_failing():
+    failing = threading.Event()
+    failing.set()
+    pool = KernelPool(_FlakyStarts(failing), size=1, builders=1, retry_backoff=(0.01, 0.05))
+    try:
+        assert wait_until(lambda: pool.stats().failures >= 1)
+        assert pool.stats().failing and pool.stats().ready == 0
+        failing.clear()
+        assert wait_until(lambda: pool.stats().ready == 1)
+        stats = pool.stats()
+        assert not stats.failing and stats.last_error == "RuntimeError: transient start failure"
+        pool.take().result(10)  # taken: none ready until the replacement starts, yet not failing
+        assert not pool.stats().failing
+    finally:
+        pool.close()

@@ -1,8 +1,11 @@
 """``ChatCompletionHandler``: ``POST /v1/chat/completions``, from request to answer.
 
 1. Parse and validate (:mod:`~conveyor_hf.server.validation`): malformed JSON, unknown
-   fields and fields this server cannot honour are refused with a 400 naming them.
-2. Render and tokenize the prompt; a prompt that does not fit the context is a 400.
+   fields and fields this server cannot honour are refused with a 400 naming them, a
+   body over :data:`MAX_BODY_BYTES` with a 413 before it is read whole.
+2. Render and tokenize the prompt on the server's one render thread (a long prompt
+   never stalls the event loop, so other streams go on); a prompt that does not fit the
+   context is a 400.
 3. Admission: wait for a slot, or 429 with ``Retry-After`` when the queue is full.
 4. Run ``generate`` on its own thread (:class:`~conveyor_hf.server.generation_run.
    GenerationRun`) with the request's own tools (its first Python call takes a started
@@ -25,6 +28,7 @@ import json
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Awaitable, TypeVar
 
 from fastapi import Request
@@ -68,6 +72,8 @@ class ChatCompletionHandler:
         self.admission = admission
         self.metrics = metrics
         self.prompts = prompts
+        # One thread renders every prompt: the shared tokenizer has one user at a time.
+        self._render = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conveyor-render")
         self.policy = RequestPolicy(model_id=serving.model_id, remote=serving.remote,
                                     server_tools=tuple(tool.name for tool in templates))
 
@@ -75,10 +81,18 @@ class ChatCompletionHandler:
         """One request, answered with JSON, an SSE stream, or an OpenAI-shaped error."""
         try:
             chat = validate_request(await _json_body(request), self.policy)
-            prompt = self.prompts.build(chat.messages, chat.max_tokens, chat.tools)
+            prompt = await asyncio.get_running_loop().run_in_executor(
+                self._render, self.prompts.build, chat.messages, chat.max_tokens, chat.tools)
+        except RecursionError:  # JSON, a tool schema or the messages nested beyond reason
+            self.metrics.count("invalid")
+            return APIError(400, "the request is nested too deeply to read; flatten the nesting of its "
+                                 "messages and tool schemas", code="too_deeply_nested").response()
         except APIError as exc:
             self.metrics.count("invalid")
             return exc.response()
+        except Exception as exc:  # a fault of this server's, answered in the API's shape
+            self.metrics.count("invalid")
+            return _failure(exc).response()
         received = time.perf_counter()
         try:
             await _unless_disconnected(request, self.admission.acquire())
@@ -179,10 +193,21 @@ class ChatCompletionHandler:
         return events
 
 
+    def close(self) -> None:
+        """Stop the render thread (server shutdown)."""
+        self._render.shutdown(wait=False, cancel_futures=True)
+
+
 async def _json_body(request: Request) -> Any:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise APIError(413, f"the request body is {len(raw)} bytes; at most {MAX_BODY_BYTES} are accepted")
+    """The request's JSON, read at most :data:`MAX_BODY_BYTES` far (413 beyond)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large(f"{int(declared)} bytes")
+    raw = bytearray()
+    async for part in request.stream():
+        raw += part
+        if len(raw) > MAX_BODY_BYTES:
+            raise _too_large(f"more than {MAX_BODY_BYTES} bytes")
     if not raw.strip():
         raise APIError(400, "the request body is empty; send a JSON object with model and messages")
     try:
@@ -190,6 +215,11 @@ async def _json_body(request: Request) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise APIError(400, f"the request body is not valid JSON ({exc}); send a JSON object with model and "
                             "messages", code="invalid_json") from None
+
+
+def _too_large(size: str) -> APIError:
+    return APIError(413, f"the request body is {size}; at most {MAX_BODY_BYTES} bytes are accepted: shorten "
+                         "the messages", code="request_too_large")
 
 
 async def _unless_disconnected(request: Request, awaitable: Awaitable[T]) -> T:

@@ -46,6 +46,7 @@ class PoolStats:
     closed: int
     failures: int
     last_error: str | None
+    failing: bool = False  # the latest start failed and none has succeeded since
 
 
 class KernelPool:
@@ -125,7 +126,8 @@ class KernelPool:
         with self._lock:
             return PoolStats(size=self.size, ready=len(self._ready), starting=self._starting,
                              waiting=sum(1 for w in self._waiters if not w.done()), started=self._started,
-                             closed=self._closed_count, failures=self._failures, last_error=self._last_error)
+                             closed=self._closed_count, failures=self._failures, last_error=self._last_error,
+                             failing=self._failing_for > 0)
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the builders, close every ready instance and the template; idempotent."""

@@ -88,7 +88,9 @@ class ServerRuntime:
     def health(self) -> dict[str, Any]:
         """What ``GET /health`` shows."""
         pools = {name: pool.stats() for name, pool in self.pools.items()}
-        healthy = all(p.ready > 0 or p.size == 0 or p.last_error is None for p in pools.values())
+        # Degraded only while a pool cannot start instances: a busy pool that recovered
+        # from a failed start has none ready for a moment, which is normal load.
+        healthy = all(p.ready > 0 or p.size == 0 or not p.failing for p in pools.values())
         return {
             "status": "ok" if healthy else "degraded",
             "model": self.serving.model_id,
@@ -123,6 +125,7 @@ class ServerRuntime:
         return gauges
 
     def close(self) -> None:
+        self.handler.close()
         for pool in self.pools.values():
             pool.close()  # closes its template too
         for tool in self.templates:

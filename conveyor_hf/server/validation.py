@@ -107,7 +107,7 @@ def validate_request(body: Any, policy: RequestPolicy) -> ChatRequest:
     sent = {key: value for key, value in body.items() if value is not None}
     _refuse_unsupported(sent, policy)
     for key in sorted(set(sent) & SUPPORTED - {"messages", "tools", "tool_choice"}):
-        _check_type(key, sent[key], known[key])
+        sent[key] = _check_type(key, sent[key], known[key])  # as the API types read it ("false" is False)
     if "model" in sent and sent["model"] != policy.model_id:
         raise APIError(404, f"model {sent['model']!r} is not served here; this server serves "
                             f"{policy.model_id!r} (see GET /v1/models)", param="model", code="model_not_found")
@@ -172,9 +172,10 @@ def _refuse_unsupported(sent: dict[str, Any], policy: RequestPolicy) -> None:
                    code="unsupported_field")
 
 
-def _check_type(key: str, value: Any, annotation: Any) -> None:
+def _check_type(key: str, value: Any, annotation: Any) -> Any:
+    """``value`` checked against the API's type of ``key`` and converted to it."""
     try:
-        _adapter(key, annotation).validate_python(value)
+        return _adapter(key, annotation).validate_python(value)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise APIError(400, f"{key}={value!r} is invalid: {first['msg']}", param=key) from None
@@ -200,12 +201,12 @@ def _sampling(sent: dict[str, Any]) -> dict[str, Any]:
     if not 0.0 <= temperature <= 2.0:
         raise APIError(400, f"temperature={temperature:g} must be between 0 and 2", param="temperature")
     kwargs: dict[str, Any] = {"do_sample": temperature > 0}
+    top_p = float(sent.get("top_p", 1.0))
+    if not 0.0 < top_p <= 1.0:  # checked even where greedy decoding will not use it
+        raise APIError(400, f"top_p={top_p:g} must be above 0 and at most 1", param="top_p")
     if temperature > 0:
         kwargs["temperature"] = temperature
         if "top_p" in sent:
-            top_p = float(sent["top_p"])
-            if not 0.0 < top_p <= 1.0:
-                raise APIError(400, f"top_p={top_p:g} must be above 0 and at most 1", param="top_p")
             kwargs["top_p"] = top_p
     if "seed" in sent:
         kwargs["seed"] = int(sent["seed"])

@@ -20,6 +20,8 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from jsonschema.protocols import Validator as SchemaValidator
 
+from conveyor_hf.text import shorten
+
 __all__ = ["SchemaValidator", "check_value", "compile_schema", "describe_schema_error"]
 
 _JSON_TYPES: dict[str, str] = {
@@ -70,7 +72,7 @@ def compile_schema(schema: dict[str, Any]) -> SchemaValidator:
     try:
         key = json.dumps(schema, sort_keys=True)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"invalid JSON schema {schema!r}: it is not JSON ({exc})") from exc
+        raise ValueError(f"invalid JSON schema {_quoted(schema)}: it is not JSON ({exc})") from exc
     return _compiled(key)
 
 
@@ -82,8 +84,13 @@ def _compiled(key: str) -> SchemaValidator:
     try:
         Draft202012Validator.check_schema(standard)
     except Exception as exc:  # jsonschema's SchemaError, with the offending part
-        raise ValueError(f"invalid JSON schema {schema!r}: {getattr(exc, 'message', exc)}") from exc
+        raise ValueError(f"invalid JSON schema {_quoted(schema)}: {getattr(exc, 'message', exc)}") from exc
     return Draft202012Validator(standard)
+
+
+def _quoted(schema: Any) -> str:
+    """A schema as an error message names it: its start (a schema can be huge)."""
+    return shorten(repr(schema), 160)
 
 
 def _where(name: str, path: Any) -> str:
