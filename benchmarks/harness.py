@@ -8,7 +8,7 @@ have a core. Prints a table, writes ``--json``, and draws a timeline picture and
 Chrome trace per workload plus a summary chart into ``--out``::
 
     conveyor-hf bench --quick                       # ~9 min on an idle 2-core machine
-    conveyor-hf bench --json bench.json             # the full run (~26 minutes on 2 cores, estimated)
+    conveyor-hf bench --json bench.json             # the full run (38 minutes measured on 2 cores)
     conveyor-hf bench --workloads codegen,search --repeats 5
     python -m benchmarks.harness --list
 

@@ -214,6 +214,12 @@ BOUNDED_FORK_BOMB = (
     "    if os.getpid() != root:\n"
     "        time.sleep(30)\n"
     "        os._exit(0)\n"
+    # The root's own forks may all succeed before its children fork: the statement ends
+    # only once the bomb has filled the sandbox, so the reaper's census sees it full.
+    "until = time.monotonic() + 15\n"
+    f"while len([p for p in os.listdir('/proc') if p.isdigit()]) < {POLICY.max_processes * 3 // 4} "
+    "and time.monotonic() < until:\n"
+    "    time.sleep(0.01)\n"
 )
 
 
