@@ -192,7 +192,6 @@ class ChatCompletionHandler:
         events.append(chunks.DONE)
         return events
 
-
     def close(self) -> None:
         """Stop the render thread (server shutdown)."""
         self._render.shutdown(wait=False, cancel_futures=True)

@@ -134,6 +134,13 @@ def exit_failure(name: str, exc: SystemExit) -> str:
     return f"{name} raised SystemExit({exc.code!r})"
 
 
+def tool_failure(name: str, exc: BaseException) -> str:
+    """The error of tool ``name``'s work that raised ``exc`` (one of :data:`TOOL_FAILURES`)."""
+    if isinstance(exc, SystemExit):
+        return exit_failure(name, exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
 def run_unit(tool: "Tool", unit: Unit, *, after_failure: bool = False) -> tuple[UnitOutput, bool]:
     """Run one unit on ``tool`` on this thread: ``(what it gave, whether it was skipped)``.
 
@@ -149,10 +156,8 @@ def run_unit(tool: "Tool", unit: Unit, *, after_failure: bool = False) -> tuple[
         return UnitOutput("", unit.error), False
     try:
         result = tool.execute(unit)
-    except SystemExit as exc:  # would end the worker silently: the call would wait out its timeout
-        return UnitOutput("", exit_failure(tool.name, exc)), False
-    except Exception as exc:  # a tool bug becomes a tool error, not a crash
-        return UnitOutput("", f"{type(exc).__name__}: {exc}"), False
+    except TOOL_FAILURES as exc:  # a tool bug becomes a tool error, not a crash (or a silent end)
+        return UnitOutput("", tool_failure(tool.name, exc)), False
     return UnitOutput(result.output, result.error), False
 
 

@@ -20,7 +20,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from conveyor_hf.tools.base import Tool, ToolCall, UnitRecord, exit_failure, run_unit
+from conveyor_hf.tools.base import TOOL_FAILURES, Tool, ToolCall, UnitRecord, run_unit, tool_failure
 from parsers.plan import PlanParser, PlanTask
 from parsers.unit import Unit
 
@@ -258,10 +258,8 @@ class PlanCall(ToolCall):
                     output, error = self._call_sub_tool(record, tool)
                 except PlanError as exc:
                     error = f"task {record.unit.key}: {exc}"
-                except SystemExit as exc:  # would end this thread silently: the plan would wait out its timeout
-                    error = f"task {record.unit.key}: {exit_failure(tool.name, exc)}"
-                except Exception as exc:  # a tool bug becomes a task error, not a crash
-                    error = f"task {record.unit.key}: {type(exc).__name__}: {exc}"
+                except TOOL_FAILURES as exc:  # a task error, not a crash nor a thread ended silently
+                    error = f"task {record.unit.key}: {tool_failure(tool.name, exc)}"
         with self._lock:
             self._running_total -= 1
             self._running[tool.name] -= 1
