@@ -22,12 +22,16 @@ what the same comparison gives with no difference at all: the lazy decode of one
 against the lazy decode of the next (same tokens, same tools, same settings), so a
 ``decode_change`` inside its range is not resolved by this run. ``feed`` (per run, part
 of ``decode``) is conveyor_hf's own work on each decoded token, timed where it happens.
+``tool_slowdown`` is the same question asked step by step, with the machine's drift
+between the runs taken out (:mod:`benchmarks.decode_steps`): what the decoding steps
+that ran beside tool work cost beyond the same steps of the lazy run, at the partial
+run's own pace, as a share of the lazy run's step time, with its own noise floor.
 
 Targets (measured here, never asserted by tests) are checked and printed plainly, with
 the spread and the measured causes when one is missed.
 
 JSON (``--json``): ``format_version`` 2 adds ``spread`` (and ``decode_change``,
-``per_repeat``, ``decode_change_paired``, ``decode_noise``, ``feed``) next to the figures
+``per_repeat``, ``decode_change_paired``, ``decode_noise``, ``feed``, ``tool_slowdown``) next to the figures
 of version 1; no version-1 key changed meaning.
 """
 
@@ -40,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from benchmarks.decode_steps import tool_slowdown
 from benchmarks.workloads import WorkloadResult, value_range
 
 METRICS = ("latency", "decode", "tool", "exposed_tool", "ideal", "wait", "feed", "new_tokens")
@@ -193,6 +198,7 @@ def figures(result: WorkloadResult) -> dict[str, Any]:
     out["per_repeat"] = {key: [_public(repeats[key][r]) for r in sorted(repeats[key])] for key in keys}
     out["decode_change_paired"] = _paired_decode_change(repeats[w.baseline], repeats[w.contender])
     out["decode_noise"] = _decode_noise(repeats[w.baseline])
+    out["tool_slowdown"] = tool_slowdown(result)
     if w.baseline != "lazy" or w.contender != "partial":
         out["compares"] = f"{w.baseline} vs {w.contender}"
     for json_key, variant in w.extra_baselines.items():
@@ -452,6 +458,38 @@ def _decode_why(name: str, w: dict[str, Any], change: float, ends: list[float] |
                    "(python -m benchmarks.contention shows which)")
 
 
+def _tool_cost_check(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """The decode target asked step by step (``tool_slowdown``): what decoding beside tool
+    work cost, with the machine's drift between the lazy and partial runs taken out."""
+    slowdowns: dict[str, float] = {}
+    noise: dict[str, float] = {}
+    every = True
+    why: list[str] = []
+    for name, w in doc["workloads"].items():
+        steps = w.get("tool_slowdown") if isinstance(w, dict) and w.get("decoding") == "replay" else None
+        if not isinstance(steps, dict):
+            continue
+        slowdowns[name] = steps["median"]
+        every = every and steps["range"][1] <= DECODE_SLOWDOWN_TARGET
+        floor = steps.get("noise")
+        if floor:
+            noise[name] = floor["median_abs"]
+        if steps["median"] > DECODE_SLOWDOWN_TARGET:
+            text = (f"{name}: the steps decoded beside tool work ({steps['beside_share']:.0%} of the step time) "
+                    f"cost {steps['median']:+.1%} of the lazy run's step time (per repeat "
+                    f"{_range_text(steps['range'], 'signed_pct')})")
+            if floor and floor.get("range"):
+                text += f"; lazy against lazy gives {floor['median_abs']:.1%} ({_range_text(floor['range'], 'signed_pct')})"
+            why.append(text + "; python -m benchmarks.contention shows which resource the tool competes for")
+    if not slowdowns:
+        return None
+    met = all(v <= DECODE_SLOWDOWN_TARGET for v in slowdowns.values())
+    return _check("decode_steps", f"decoding beside tool work costs at most {DECODE_SLOWDOWN_TARGET:.0%} on every "
+                  "replayed workload, step by step (the machine's drift between runs taken out)",
+                  max(slowdowns.values()), met, every and met, None, why,
+                  by_workload=slowdowns, noise_by_workload=noise)
+
+
 def check_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target's measured value, whether the medians meet it, and whether every single
     repeat does (``in_every_repeat``: both ends of the spread pass; None without a spread)."""
@@ -466,7 +504,7 @@ def check_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
         every = None if ends is None else bool(met and target.test(ends[0]) and target.test(ends[1]))
         checks.append(_check(name, target.text, value, met, every, list(ends) if ends is not None else None,
                              [] if met else target.why(doc)))
-    for check in (_hook_check(doc), _decode_check(doc)):
+    for check in (_hook_check(doc), _decode_check(doc), _tool_cost_check(doc)):
         if check is not None:
             checks.append(check)
     return checks

@@ -75,6 +75,8 @@ class Conversation:
     business, not the reader's). ``feed_seconds`` is the time spent in
     :meth:`feed_token` / :meth:`feed_delta` (detokenizing, parsing, starting tool units):
     conveyor_hf's own work inside the engine's decoding loop, which the timeline reports.
+    ``token_times`` holds when each token (or text delta) reached the conversation: the
+    decoding steps that the benchmark compares between lazy and partial runs.
     """
 
     row: int
@@ -100,6 +102,7 @@ class Conversation:
     hidden_spans: list[tuple[int, int]] = field(default_factory=list)
     shown_spans: list[tuple[int, int, str]] = field(default_factory=list)
     feed_seconds: float = 0.0
+    token_times: list[float] = field(default_factory=list)
     _released: int = 0  # how much of ``text`` the call detector has released as events
     _call_start: int = 0  # where the open call's opener begins in ``text``
     _held: list[str] | None = None  # shown text of a JSON call whose tool is not known yet
@@ -153,6 +156,7 @@ class Conversation:
         """One decoded token id (``length``: the sequence length it brings, for the
         engine's bookkeeping); returns the stop reason, None to go on."""
         begin = time.perf_counter()
+        self.token_times.append(begin)
         try:
             return self._feed_token(token, length)
         finally:
@@ -186,6 +190,7 @@ class Conversation:
         decoding this conversation there. The engine counts tokens into ``generated``.
         """
         begin = time.perf_counter()
+        self.token_times.append(begin)
         try:
             return self._feed_delta(text)
         finally:

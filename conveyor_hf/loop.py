@@ -194,6 +194,7 @@ class ToolLoop:
         """The request's result, once every conversation is done."""
         self.timeline.end = time.perf_counter()
         self.timeline.feed = sum(c.feed_seconds for c in self.conversations)
+        self.timeline.token_times = [c.token_times for c in self.conversations]
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else 0
         return ConveyorOutput(
             texts=[c.text for c in self.conversations],

@@ -11,6 +11,7 @@ does not import until a picture is asked for.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import json
 from dataclasses import dataclass, field
@@ -89,6 +90,8 @@ class Timeline:
     calls: list[CallRecord] = field(default_factory=list)
     #: Seconds the engine spent handing decoded tokens to the conversations (part of decode).
     feed: float = 0.0
+    #: Per conversation row: when each decoded token (or text delta) reached it.
+    token_times: list[list[float]] = field(default_factory=list)
 
     # -- metrics ----------------------------------------------------------------------
     def decode_intervals(self) -> list[Interval]:
@@ -102,9 +105,26 @@ class Timeline:
             if u.start is not None and u.end is not None and u.end > u.start
         ]
 
+    def busy_intervals(self) -> list[Interval]:
+        """When any tool unit was running: the unit intervals merged, in time order."""
+        return _union(self.unit_intervals())
+
+    def decode_steps(self, row: int = 0) -> list[Interval]:
+        """The decoding steps of conversation ``row``: from one token's arrival to the next
+        within a round. A round's first token, which waits for the prefill (and, after a
+        call, for the tools), begins no step; an engine that streams text deltas makes
+        one step per delta."""
+        times = self.token_times[row] if row < len(self.token_times) else []
+        starts = sorted(r.start for r in self.rounds if r.row is None or r.row == row)
+        steps = []
+        for before, after in zip(times, times[1:]):
+            if bisect.bisect_right(starts, after) == bisect.bisect_right(starts, before):  # no round began between
+                steps.append((before, after))
+        return steps
+
     def exposed_intervals(self) -> list[Interval]:
         """Tool-busy time during which no decoding ran: what the user waited for."""
-        return _subtract(_union(self.unit_intervals()), _union(self.decode_intervals()))
+        return _subtract(self.busy_intervals(), _union(self.decode_intervals()))
 
     def ideal(self) -> float:
         """Latency of a zero-overhead pipeline with the measured decode and tool times.
@@ -139,7 +159,7 @@ class Timeline:
         return {
             "latency": self.end - self.start,
             "decode": decode,
-            "tool": _length(_union(self.unit_intervals())),
+            "tool": _length(self.busy_intervals()),
             "exposed_tool": _length(self.exposed_intervals()),
             "ideal": self.ideal(),
             "wait": sum(max(0.0, r.end - r.decode_end) for r in self.rounds),

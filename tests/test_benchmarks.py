@@ -13,15 +13,17 @@ import statistics
 
 import pytest
 
-from benchmarks import harness, report
+from benchmarks import decode_steps, harness, report
 from benchmarks.workloads import ABWorkload, BenchContext, Case, RunRecord, WorkloadResult, available, user
 from benchmarks.workloads import data
 from benchmarks.workloads.codegen import AbortWorkload, CodegenWorkload, HumanEvalWorkload
 from benchmarks.workloads.model_costs import KVReuseWorkload, OverheadWorkload
 from benchmarks.workloads.retrieval import plan_text
 from benchmarks.workloads.small_tools import QUERIES, build_qa_database, scale_factors
-from conveyor_hf.timeline import Timeline
+from conveyor_hf.timeline import CallRecord, RoundRecord, Timeline
+from conveyor_hf.tools.base import ToolResult, UnitRecord
 from conveyor_hf.tools.scripted import ScriptedTool
+from parsers.unit import Unit
 
 
 # -- command line ------------------------------------------------------------------------
@@ -456,3 +458,70 @@ def test_kv_reuse_reports_a_ratio_per_context_length(tiny_model, tokenizer):
     assert all(row["ratio_spread"][0] <= row["ratio_spread"][1] for row in out["by_length"].values())
     first, second = out["generator_prefill_tokens"]
     assert second < first  # the second round prefilled only the appended result
+
+
+# -- decoding beside tool work, step by step -------------------------------------------------
+def _stepped(step_seconds: list[float], busy: tuple[float, float] | None = None) -> Timeline:
+    """One round decoding steps of the given lengths (prefill 1 s), a tool busy over ``busy``."""
+    times, now = [1.0], 1.0
+    for seconds in step_seconds:
+        now += seconds
+        times.append(now)
+    tl = Timeline(start=0.0, end=now)
+    tl.rounds = [RoundRecord(0, 0.0, decode_end=now, end=now, new_tokens=len(times))]
+    tl.token_times = [times]
+    if busy is not None:
+        unit = UnitRecord(Unit("x\n"), emitted=busy[0], start=busy[0], end=busy[1])
+        tl.calls = [CallRecord(row=0, round=0, tool="t", opened=busy[0], result=ToolResult("", units=[unit]))]
+    return tl
+
+
+def test_tool_slowdown_takes_the_machines_pace_out_of_the_comparison():
+    # 100 steps of 0.1 s in the lazy runs. The partial run's machine is 10% slower all
+    # along, and its 40 steps beside the tool (steps 30..69) 5% slower still.
+    lazy = [0.1] * 100
+    partial = [0.11 * (1.05 if 30 <= i < 70 else 1.0) for i in range(100)]
+    p_tl = _stepped(partial, busy=(1.0 + 30 * 0.11 + 0.001, 1.0 + 30 * 0.11 + 40 * 0.1155 - 0.001))
+    assert decode_steps.beside_tools(p_tl) == [30 <= i < 70 for i in range(100)]
+    split = decode_steps.split_steps(p_tl, _stepped(lazy), decode_steps.beside_tools(p_tl))
+    assert split.cost == pytest.approx(40 * 0.1 * 0.05)  # 0.2 s: the tool's cost alone
+    assert split.reference == pytest.approx(10.0)
+    # per workload: each repeat's cost over its lazy step time; the next lazy run is the noise
+    w = _Fixed()
+    case = w.all_cases(None)[:1]
+    runs = []
+    for repeat, (machine, beside) in enumerate([(1.10, 1.05), (0.95, 1.02), (1.00, 1.03)]):
+        steps = [0.1 * machine * (beside if 30 <= i < 70 else 1.0) for i in range(100)]
+        busy = (1.0 + 30 * 0.1 * machine + 0.001, 1.0 + 30 * 0.1 * machine + 40 * 0.1 * machine * beside - 0.001)
+        runs.append(RunRecord("a", "partial", repeat, {}, _stepped(steps, busy), "t"))
+        runs.append(RunRecord("a", "lazy", repeat, {}, _stepped([0.1 * (1 + 0.2 * repeat)] * 100), "t"))
+    figure = decode_steps.tool_slowdown(WorkloadResult(w, case, runs, repeats=3))
+    assert figure["per_repeat"] == [pytest.approx(0.4 * 0.05), pytest.approx(0.4 * 0.02), pytest.approx(0.4 * 0.03)]
+    assert figure["median"] == pytest.approx(0.012) and figure["range"] == [0.008, 0.02]
+    assert figure["beside_share"] == pytest.approx(0.4)
+    # lazy against the next lazy: only the machine's pace differs (+20%, +16.7%), which cancels
+    assert figure["noise"]["median_abs"] == pytest.approx(0.0) and "2 consecutive pairs" in figure["noise"]["over"]
+    # too few steps apart from the tool to know the run's pace: no figure rather than a guess
+    short = _stepped([0.1] * 20, busy=(1.0, 1.0 + 0.1 * 10))
+    assert decode_steps.split_steps(short, _stepped([0.1] * 20), decode_steps.beside_tools(short)).cost is None
+    # runs that decoded different numbers of steps (not the same tokens) are not compared
+    assert decode_steps.split_steps(p_tl, _stepped(lazy[:99]), decode_steps.beside_tools(p_tl)) is None
+
+
+def test_tool_slowdown_is_a_target_beside_the_whole_run_decode_change():
+    def replayed(median, spread, noise):
+        return {"decoding": "replay", "lazy": {"latency": 10.0, "decode": 6.0, "new_tokens": 9},
+                "partial": {"latency": 8.0, "decode": 6.6, "new_tokens": 9}, "decode_change": 0.1,
+                "tool_slowdown": {"median": median, "range": list(spread), "beside_share": 0.4,
+                                  "noise": {"median_abs": noise, "range": [-noise, noise], "over": "2 pairs"}}}
+
+    doc = report.document({}, {"database": replayed(0.004, (-0.01, 0.015), 0.006)})
+    steps = next(t for t in doc["targets"] if t["workload"] == "decode_steps")
+    decode = next(t for t in doc["targets"] if t["workload"] == "decode")
+    assert not decode["met"]  # the whole-run verdict is unchanged: +10% misses
+    assert steps["met"] and steps["in_every_repeat"] and steps["by_workload"] == {"database": 0.004}
+    assert "MET    decode_steps" in report.table(doc) and "database +0.4% (noise 0.6%)" in report.table(doc)
+    doc = report.document({}, {"database": replayed(0.03, (0.02, 0.05), 0.006)})
+    steps = next(t for t in doc["targets"] if t["workload"] == "decode_steps")
+    assert not steps["met"] and "(40% of the step time) cost +3.0%" in steps["why"][0]
+    assert "lazy against lazy gives 0.6%" in steps["why"][0]

@@ -54,3 +54,12 @@ def test_chrome_trace_has_decode_and_unit_spans(tmp_path):
 def test_plot_writes_a_png(tmp_path):
     path = two_round_timeline().plot(tmp_path / "t.png", others=[two_round_timeline()])
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_decode_steps_run_from_token_to_token_within_a_round():
+    tl = two_round_timeline()
+    # round 0 starts at 0 (prefill until the first token at 0.5); round 1 starts at 5
+    tl.token_times = [[0.5, 1.0, 2.0, 4.0, 5.5, 6.0]]
+    assert tl.decode_steps() == [(0.5, 1.0), (1.0, 2.0), (2.0, 4.0), (5.5, 6.0)]  # 4.0 -> 5.5 spans the wait
+    assert tl.decode_steps(row=1) == []  # no such conversation
+    assert tl.busy_intervals() == [(1.0, 5.0)]  # the two units back to back, merged
