@@ -233,15 +233,22 @@ class Timeline:
 def _pipelined_finish(call: CallRecord, round_start: float, decode: float) -> float:
     """When ``call``'s units would finish in the ideal pipeline (relative to the round).
 
-    A unit is ready when its text was decoded; a unit whose value names dependencies (a
-    plan task's ``deps``) also waits for the ideal end of each unit of the same call whose
-    ``key`` it names. Units that took no time (``join()``, skipped tasks) occupy no lane.
+    A unit is ready when its text was decoded; a unit with no text of its own (the action
+    a validated call adds when it closes, which in lazy mode is recorded only at the turn's
+    end) is ready when the text before it in the call was, so the bound lets the action
+    start at the call's last argument, as partial mode may. A unit whose value names
+    dependencies (a plan task's ``deps``) also waits for the ideal end of each unit of the
+    same call whose ``key`` it names. Units that took no time (``join()``, skipped tasks)
+    occupy no lane.
     """
     lanes = [0.0] * max(1, call.lanes)
     ends: dict[str, float] = {}
     finish = 0.0
+    decoded = max(0.0, call.opened - round_start)  # when the call's text so far was decoded
     for unit in call.units:
-        ready = min(max(0.0, unit.emitted - round_start), decode)
+        if unit.unit.text:
+            decoded = max(0.0, unit.emitted - round_start)
+        ready = min(decoded, decode)
         for dep in getattr(unit.unit.value, "deps", None) or ():
             ready = max(ready, ends.get(dep, 0.0))
         if unit.duration > 0:

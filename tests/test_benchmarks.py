@@ -345,6 +345,18 @@ def test_efficiency_is_none_when_nothing_could_overlap_and_text_mismatch_is_flag
     assert fig["efficiency"] is None and fig["texts_match"] is False
 
 
+def test_an_efficiency_above_one_is_explained_only_by_the_decoding_it_saved():
+    def workload(lazy_decode, partial_decode):
+        return {"efficiency": 1.6, "decode_change": partial_decode / lazy_decode - 1,
+                "lazy": {"ideal": 10.4, "decode": lazy_decode}, "partial": {"latency": 10.1, "decode": partial_decode}}
+
+    faster = report._beyond_bound_note("w", workload(10.0, 9.7))  # 0.3 s saved covers the 0.3 s below the bound
+    assert "by 0.30s" in faster and "machine load" in faster
+    same = report._beyond_bound_note("w", workload(10.0, 10.0))  # nothing saved: the bound itself is off
+    assert "does not explain" in same and "machine load" not in same
+    assert report._beyond_bound_note("w", {**workload(10.0, 10.0), "efficiency": 0.99}) is None
+
+
 def test_document_targets_and_table_report_misses_plainly():
     machine = {"cpu": "test cpu", "cores": 2, "torch_threads": 1, "device": "cpu", "model": "tiny"}
     results = {

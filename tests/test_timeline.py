@@ -42,6 +42,18 @@ def test_ideal_uses_parallel_lanes():
     assert tl.ideal() == pytest.approx(4.5 + 1.0)
 
 
+def test_ideal_starts_a_close_time_action_at_the_last_argument():
+    # lazy mode records a validated call's action (a unit with no text) when the call is
+    # closed at the turn's end (4.5 here); the bound starts it where its last argument
+    # was decoded (2.0), so round 0 ends at max(decode 4, 2 + 1.5) = 4, not 4 + 1.5
+    tl = two_round_timeline()
+    action = UnitRecord(Unit(""), emitted=4.5, start=4.5, end=6.0)
+    tl.calls[0].result = ToolResult("", units=[unit(1.0, 1.0, 1.0), unit(2.0, 2.0, 2.0), action])
+    assert tl.ideal() == pytest.approx(4.0 + 1.0)
+    tl.calls[0].result = ToolResult("", units=[action])  # no argument: ready when the call opened
+    assert tl.ideal() == pytest.approx(4.0 + 1.0)
+
+
 def test_chrome_trace_has_decode_and_unit_spans(tmp_path):
     path = tmp_path / "trace.json"
     trace = two_round_timeline().to_chrome_trace(path)
