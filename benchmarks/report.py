@@ -26,13 +26,20 @@ of ``decode``) is conveyor_hf's own work on each decoded token, timed where it h
 between the runs taken out (:mod:`benchmarks.decode_steps`): what the decoding steps
 that ran beside tool work cost beyond the same steps of the lazy run, at the partial
 run's own pace, as a share of the lazy run's step time, with its own noise floor.
+``efficiency_noise`` is how far the machine alone moves ``efficiency`` (``decode_noise``
+in seconds of decoding, over the seconds the bound could hide); ``efficiency_steps`` is
+the efficiency of each repeat with that drift taken out the same step-by-step way, the
+tools' cost to decoding still counted (:mod:`benchmarks.decode_steps`).
 
 Targets (measured here, never asserted by tests) are checked and printed plainly, with
-the spread and the measured causes when one is missed.
+the spread and the measured causes when one is missed. A target whose figure lies closer
+to its threshold than the run's own noise is UNRESOLVED, not MET or MISSED: another run
+could flip it. Each efficiency target is also judged on ``efficiency_steps``.
 
 JSON (``--json``): ``format_version`` 2 adds ``spread`` (and ``decode_change``,
-``per_repeat``, ``decode_change_paired``, ``decode_noise``, ``feed``, ``tool_slowdown``) next to the figures
-of version 1; no version-1 key changed meaning.
+``per_repeat``, ``decode_change_paired``, ``decode_noise``, ``feed``, ``tool_slowdown``,
+``efficiency_noise``, ``efficiency_steps``; a target's ``resolved`` and ``noise``) next to
+the figures of version 1; no version-1 key changed meaning.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks.decode_steps import tool_slowdown
+from benchmarks.decode_steps import efficiency_steps, repeat_costs, tool_slowdown
 from benchmarks.workloads import WorkloadResult, value_range
 
 METRICS = ("latency", "decode", "tool", "exposed_tool", "ideal", "wait", "feed", "new_tokens")
@@ -134,6 +141,17 @@ def _decode_noise(baseline: dict[int, dict[str, float]]) -> dict[str, Any] | Non
             "over": f"{len(changes)} consecutive pairs of {len(decodes)} baseline repeats"}
 
 
+def _efficiency_noise(w: dict[str, Any]) -> float | None:
+    """How far the machine alone moves ``efficiency``: the median decode change from one
+    lazy repeat to the next (``decode_noise``), in seconds of the lazy decode, over the
+    seconds the bound could hide (``lazy - ideal``). None without an efficiency."""
+    noise, lazy = w.get("decode_noise"), w["lazy"]
+    bound = lazy["latency"] - lazy["ideal"]
+    if w.get("efficiency") is None or not noise or bound <= 0:
+        return None
+    return _round(noise["median_abs"] * lazy["decode"] / bound)
+
+
 def _public(metrics: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
 
@@ -198,7 +216,11 @@ def figures(result: WorkloadResult) -> dict[str, Any]:
     out["per_repeat"] = {key: [_public(repeats[key][r]) for r in sorted(repeats[key])] for key in keys}
     out["decode_change_paired"] = _paired_decode_change(repeats[w.baseline], repeats[w.contender])
     out["decode_noise"] = _decode_noise(repeats[w.baseline])
-    out["tool_slowdown"] = tool_slowdown(result)
+    out["efficiency_noise"] = _efficiency_noise(out)
+    costs = repeat_costs(result)
+    out["tool_slowdown"] = tool_slowdown(result, costs)
+    out["efficiency_steps"] = efficiency_steps(costs, repeats[w.baseline], repeats[w.contender],
+                                               MIN_IDEAL_REDUCTION)
     if w.baseline != "lazy" or w.contender != "partial":
         out["compares"] = f"{w.baseline} vs {w.contender}"
     for json_key, variant in w.extra_baselines.items():
@@ -314,13 +336,19 @@ def _codegen_live_why(doc: dict[str, Any]) -> list[str]:
 @dataclass(frozen=True)
 class Target:
     """One target: what it says, the measured value (median figures), its test, the same
-    value at the two ends of the spread, and the measured causes when it is missed."""
+    value at the two ends of the spread, the measured causes when it is missed, and whether
+    the run's own noise lets it decide."""
 
     text: str
     value: Callable[[dict], Any]
     test: Callable[[Any], bool]
     why: Callable[[dict], list[str]]
     ends: Callable[[dict], tuple[Any, Any] | None] = lambda doc: None
+    #: Why this run cannot decide the target either way (its noise reaches across the
+    #: threshold), or None when it can.
+    unresolved: Callable[[dict], str | None] = lambda doc: None
+    #: How far the machine alone moves the value (printed beside it), or None.
+    noise: Callable[[dict], float | None] = lambda doc: None
 
 
 def _ends(doc: dict[str, Any], workload: str, *keys: str) -> tuple[Any, Any] | None:
@@ -344,16 +372,38 @@ def _kv_ends(doc: dict[str, Any]) -> tuple[Any, Any] | None:
     return (spread[0], spread[1]) if isinstance(spread, list) else None
 
 
+#: The efficiency targets: the full codegen run, and code the model writes live.
+EFFICIENCY_TARGETS = {"codegen": 0.95, "codegen_live": 0.9}
+
+
+def _efficiency_unresolved(doc: dict[str, Any], workload: str) -> str | None:
+    """Why ``workload``'s efficiency cannot decide its target in this run: the machine alone
+    (``efficiency_noise``) moves it by more than its distance to the threshold."""
+    value, noise = _get(doc, workload, "efficiency"), _get(doc, workload, "efficiency_noise")
+    threshold = EFFICIENCY_TARGETS[workload]
+    if not isinstance(value, float) or not isinstance(noise, float) or abs(value - threshold) > noise:
+        return None
+    w = doc["workloads"][workload]
+    lazy = w["lazy"]
+    return (f"the machine alone moves this efficiency by {noise:.2f} (decoding changed by "
+            f"{w['decode_noise']['median_abs']:.1%} from one lazy repeat to the next, {lazy['decode']:.1f}s of "
+            f"decoding against {lazy['latency'] - lazy['ideal']:.2f}s the bound could hide), more than its "
+            f"distance to {threshold:g}; the step-by-step figure ('{workload} (steps)') takes that drift out")
+
+
 #: workload → target (see :class:`Target`)
 TARGETS: dict[str, Target] = {
-    "codegen": Target("reduction >= 40% and efficiency >= 0.95",
+    "codegen": Target(f"reduction >= 40% and efficiency >= {EFFICIENCY_TARGETS['codegen']:g}",
                       lambda d: (_get(d, "codegen", "reduction"), _get(d, "codegen", "efficiency")),
-                      lambda v: v[0] is not None and v[0] >= 0.40 and v[1] is not None and v[1] >= 0.95,
+                      lambda v: (v[0] is not None and v[0] >= 0.40 and v[1] is not None
+                                 and v[1] >= EFFICIENCY_TARGETS["codegen"]),
                       _codegen_why, lambda d: _ends(d, "codegen", "reduction", "efficiency")),
-    "codegen_live": Target("efficiency >= 0.9",
+    "codegen_live": Target(f"efficiency >= {EFFICIENCY_TARGETS['codegen_live']:g}",
                            lambda d: _get(d, "codegen_live", "efficiency"),
-                           lambda v: v is not None and v >= 0.9,
-                           _codegen_live_why, lambda d: _ends(d, "codegen_live", "efficiency")),
+                           lambda v: v is not None and v >= EFFICIENCY_TARGETS["codegen_live"],
+                           _codegen_live_why, lambda d: _ends(d, "codegen_live", "efficiency"),
+                           lambda d: _efficiency_unresolved(d, "codegen_live"),
+                           lambda d: _get(d, "codegen_live", "efficiency_noise")),
     "planning": Target("lazy (sequential) / partial >= 2x",
                        lambda d: _get(d, "planning", "speedup"),
                        lambda v: v is not None and v >= 2.0,
@@ -374,10 +424,14 @@ TARGETS: dict[str, Target] = {
 
 
 def _check(workload: str, target: str, value: Any, met: bool, every: bool | None, spread: list | None,
-           why: list[str], **extra: Any) -> dict[str, Any]:
-    """One entry of the document's ``targets`` list (``extra`` adds keys, e.g. ``by_workload``)."""
+           why: list[str], resolved: bool = True, **extra: Any) -> dict[str, Any]:
+    """One entry of the document's ``targets`` list (``extra`` adds keys, e.g. ``by_workload``).
+
+    ``met`` is the verdict of the medians; ``resolved`` False says the run's own noise
+    reaches across the threshold, so that verdict could flip from one run to the next.
+    """
     return {"workload": workload, "target": target, "value": value, "met": met, "in_every_repeat": every,
-            "spread": spread, "why": why, **extra}
+            "spread": spread, "why": why, "resolved": resolved, **extra}
 
 
 #: The per-step hook may take at most this share of a decoding step (no tool call).
@@ -509,6 +563,29 @@ def _tool_cost_check(doc: dict[str, Any]) -> dict[str, Any] | None:
                   by_workload=slowdowns, noise_by_workload=noise)
 
 
+def _efficiency_steps_checks(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each efficiency target asked with the machine's drift taken out (``efficiency_steps``):
+    what the tools cost decoding still counts, the run-to-run change of the machine not."""
+    checks = []
+    for name, threshold in EFFICIENCY_TARGETS.items():
+        steps = _get(doc, name, "efficiency_steps")
+        if not isinstance(steps, dict):
+            continue
+        value, spread, noise = steps["median"], steps["range"], (steps.get("noise") or {}).get("median_abs")
+        met = value >= threshold
+        why = [] if met else [f"{name}: with the drift taken out partial reached {value:.2f} of the bound "
+                              f"(per repeat {_range_text(spread, 'x')}); the rest is tool work slowing decoding "
+                              "or units that started later than the bound allows"]
+        resolved = not isinstance(noise, float) or abs(value - threshold) > noise
+        if not resolved:
+            why.append(f"its own noise (lazy against the next lazy run, over the same bound) is {noise:.2f}, "
+                       f"more than its distance to {threshold:g}")
+        checks.append(_check(f"{name} (steps)", f"efficiency >= {threshold:g} with the machine's drift between "
+                             "the lazy and partial runs taken out (step by step)", value, met,
+                             met and spread[0] >= threshold, list(spread), why, resolved, noise=noise))
+    return checks
+
+
 def check_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target's measured value, whether the medians meet it, and whether every single
     repeat does (``in_every_repeat``: both ends of the spread pass; None without a spread)."""
@@ -521,8 +598,12 @@ def check_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
         met = bool(target.test(value))
         ends = target.ends(doc)
         every = None if ends is None else bool(met and target.test(ends[0]) and target.test(ends[1]))
+        unresolved = target.unresolved(doc)
+        why = ([] if met else target.why(doc)) + ([unresolved] if unresolved else [])
         checks.append(_check(name, target.text, value, met, every, list(ends) if ends is not None else None,
-                             [] if met else target.why(doc)))
+                             why, unresolved is None, noise=target.noise(doc)))
+        if name in EFFICIENCY_TARGETS:
+            checks += [c for c in _efficiency_steps_checks(doc) if c["workload"] == f"{name} (steps)"]
     for check in (_hook_check(doc), _decode_check(doc), _tool_cost_check(doc)):
         if check is not None:
             checks.append(check)
@@ -712,7 +793,8 @@ def table(doc: dict[str, Any]) -> str:
         lines += notes
     if doc.get("targets"):
         lines.append("")
-        lines.append("targets (MET/MISSED on the medians; 'every repeat': the whole min–max range meets it too):")
+        lines.append("targets (MET/MISSED on the medians; 'every repeat': the whole min–max range meets it too; "
+                     "UNRESOLVED: the run's own noise reaches across the threshold):")
         for t in doc["targets"]:
             value = t["value"]
             shown = ", ".join(_figure(v) for v in value) if isinstance(value, (list, tuple)) else _figure(value)
@@ -724,11 +806,17 @@ def table(doc: dict[str, Any]) -> str:
                 shown = ", ".join(f"{n} {c:+.1%}" + _decode_notes(paired.get(n), noise.get(n))
                                   for n, c in t["by_workload"].items())
             robust = {True: ", in every repeat", False: ", not in every repeat", None: ""}[t.get("in_every_repeat")]
-            lines.append(f"  {'MET   ' if t['met'] else 'MISSED'} {t['workload']}: {t['target']} "
-                         f"(measured {shown}{robust if t['met'] else ''})")
+            verdict = ("MET" if t["met"] else "MISSED") if t.get("resolved", True) else "UNRESOLVED"
+            lines.append(f"  {verdict:6s} {t['workload']}: {t['target']} "
+                         f"(measured {shown}{robust if t['met'] else ''}{_noise_text(t.get('noise'))})")
             for reason in t["why"]:
                 lines.append(f"         why: {reason}")
     return "\n".join(lines)
+
+
+def _noise_text(noise: Any) -> str:
+    """``, noise x`` beside a target's figure, or nothing."""
+    return f", noise {noise:.2f}" if isinstance(noise, float) else ""
 
 
 def _decode_notes(paired: float | None, noise: float | None) -> str:

@@ -537,3 +537,53 @@ def test_tool_slowdown_is_a_target_beside_the_whole_run_decode_change():
     steps = next(t for t in doc["targets"] if t["workload"] == "decode_steps")
     assert not steps["met"] and "(40% of the step time) cost +3.0%" in steps["why"][0]
     assert "lazy against lazy gives 0.6%" in steps["why"][0]
+
+
+def test_efficiency_steps_replaces_the_partial_runs_decoding_by_the_lazy_pace_plus_the_tools_cost():
+    lazy = {0: {"latency": 10.0, "decode": 8.0, "ideal": 8.0}, 1: {"latency": 10.0, "decode": 8.0, "ideal": 8.0},
+            2: {"latency": 10.0, "decode": 9.9, "ideal": 9.9}}  # repeat 2: 1% to hide, below the 2% floor
+    partial = {0: {"latency": 8.3, "decode": 8.2}, 1: {"latency": 8.9, "decode": 8.8},  # repeat 1: a slower machine
+               2: {"latency": 9.9, "decode": 9.9}}
+    costs = {r: decode_steps.RepeatCost(cost=0.1, reference=7.0, beside_reference=2.0, noise=0.04 * (r + 1))
+             for r in range(3)}
+    figure = decode_steps.efficiency_steps(costs, lazy, partial, report.MIN_IDEAL_REDUCTION)
+    # partial at the lazy pace: 8.3 - 8.2 + 8.0 + 0.1 = 8.2 in both repeats, of a bound of 2 s;
+    # the whole-run efficiency says 0.85 and 0.55: the drift of repeat 1 alone makes the difference
+    assert figure["per_repeat"] == [pytest.approx(0.9), pytest.approx(0.9)] and figure["over"] == "2 repeats"
+    assert figure["median"] == pytest.approx(0.9) and figure["range"] == [0.9, 0.9]
+    assert figure["noise"]["median_abs"] == pytest.approx(0.03)  # 0.04 and 0.08 s over 2 s
+    assert decode_steps.efficiency_steps({}, lazy, partial, report.MIN_IDEAL_REDUCTION) is None
+    slowdown = decode_steps.tool_slowdown(WorkloadResult(_Fixed(), [], [], repeats=3), costs)
+    assert slowdown["median"] == pytest.approx(0.1 / 7, abs=1e-4) and slowdown["beside_share"] == pytest.approx(
+        2 / 7, abs=1e-4)
+    assert slowdown["noise"]["range"] == [pytest.approx(0.04 / 7, abs=1e-4), pytest.approx(0.12 / 7, abs=1e-4)]
+
+
+def test_an_efficiency_inside_the_machines_noise_is_unresolved_and_the_steps_figure_decides():
+    def live(efficiency, noise, steps):
+        times = {"tool": 0.5, "exposed_tool": 0.5, "wait": 0.5, "new_tokens": 9}
+        return {"decoding": "live", "lazy": {**times, "latency": 6.5, "decode": 6.0, "ideal": 6.0},
+                "partial": {**times, "latency": 6.05, "decode": 6.05, "ideal": 6.05, "exposed_tool": 0.0},
+                "ideal_reduction": 0.077,
+                "efficiency": efficiency, "decode_noise": {"median_abs": noise, "range": [-noise, noise]},
+                "spread": {"efficiency": [efficiency - 0.3, efficiency + 0.3]},
+                "efficiency_noise": round(noise * 6.0 / 0.5, 4),
+                "efficiency_steps": {"median": steps, "range": [steps - 0.02, steps + 0.03],
+                                     "noise": {"median_abs": 0.02}}}
+
+    doc = report.document({}, {"codegen_live": live(0.8, 0.01, 0.97)})
+    whole = next(t for t in doc["targets"] if t["workload"] == "codegen_live")
+    steps = next(t for t in doc["targets"] if t["workload"] == "codegen_live (steps)")
+    assert not whole["met"] and not whole["resolved"] and whole["noise"] == pytest.approx(0.12)
+    assert "moves this efficiency by 0.12" in whole["why"][-1] and "1.0% from one lazy repeat" in whole["why"][-1]
+    assert steps["met"] and steps["resolved"] and steps["in_every_repeat"] and steps["value"] == 0.97
+    text = report.table(doc)
+    assert "UNRESOLVED codegen_live: efficiency >= 0.9 (measured 0.800; per repeat 0.500 … 1.100, noise 0.12)" in text
+    assert "MET    codegen_live (steps): efficiency >= 0.9 with the machine's drift" in text
+    # far enough from the threshold, the same noise decides nothing away
+    doc = report.document({}, {"codegen_live": live(1.2, 0.01, 0.97)})
+    assert next(t for t in doc["targets"] if t["workload"] == "codegen_live")["resolved"]
+    doc = report.document({}, {"codegen_live": live(0.5, 0.01, 0.6)})
+    steps = next(t for t in doc["targets"] if t["workload"] == "codegen_live (steps)")
+    assert not steps["met"] and steps["resolved"] and "partial reached 0.60 of the bound" in steps["why"][0]
+    assert "MISSED codegen_live (steps)" in report.table(doc)
