@@ -578,7 +578,7 @@ def test_an_efficiency_inside_the_machines_noise_is_unresolved_and_the_steps_fig
     assert "moves this efficiency by 0.12" in whole["why"][-1] and "1.0% from one lazy repeat" in whole["why"][-1]
     assert steps["met"] and steps["resolved"] and steps["in_every_repeat"] and steps["value"] == 0.97
     text = report.table(doc)
-    assert "UNRESOLVED codegen_live: efficiency >= 0.9 (measured 0.800; per repeat 0.500 … 1.100, noise 0.12)" in text
+    assert "UNRESOLVED codegen_live: efficiency >= 0.9 (measured 0.800; per repeat 0.500 … 1.100, noise 0.120)" in text
     assert "MET    codegen_live (steps): efficiency >= 0.9 with the machine's drift" in text
     # far enough from the threshold, the same noise decides nothing away
     doc = report.document({}, {"codegen_live": live(1.2, 0.01, 0.97)})
@@ -587,3 +587,20 @@ def test_an_efficiency_inside_the_machines_noise_is_unresolved_and_the_steps_fig
     steps = next(t for t in doc["targets"] if t["workload"] == "codegen_live (steps)")
     assert not steps["met"] and steps["resolved"] and "partial reached 0.60 of the bound" in steps["why"][0]
     assert "MISSED codegen_live (steps)" in report.table(doc)
+
+
+def test_an_overhead_ratio_inside_plain_generates_own_change_is_unresolved():
+    def overhead(ratio, noise):
+        return {"ratio": ratio, "noise": {"median_abs": noise, "range": [-noise, noise]},
+                "overhead_ms_per_token": 0.5, "new_tokens": 155, "paired_ratio_median": ratio,
+                "hook_ms_per_step": 0.13, "spread": {"ratio": [ratio - 0.01, ratio + 0.01]},
+                "conveyor": {"latency": 7.5}, "plain": {"latency": 7.4}}
+
+    doc = report.document({}, {"overhead": overhead(1.012, 0.006)})
+    check = next(t for t in doc["targets"] if t["workload"] == "overhead")
+    assert not check["met"] and not check["resolved"] and check["noise"] == 0.006
+    assert "changes by 0.6% from one repeat to the next" in check["why"][-1]
+    assert "UNRESOLVED overhead: ConveyorGenerator / model.generate <= 1.01 (measured 1.012" in report.table(doc)
+    doc = report.document({}, {"overhead": overhead(1.03, 0.006)})
+    check = next(t for t in doc["targets"] if t["workload"] == "overhead")
+    assert not check["met"] and check["resolved"]

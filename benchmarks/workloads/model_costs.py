@@ -3,7 +3,8 @@
 - ``overhead``: answers that call no tool. :class:`ConveyorGenerator` (tools attached,
   its hook running every step) against plain ``model.generate`` on the same ids, greedy,
   alternating, medians. Reported as a ratio (conveyor / plain); both must give the same
-  tokens.
+  tokens. Its ``noise`` is plain against plain: each repeat's plain answers against the
+  next repeat's, the change the machine makes by itself.
 - ``kv_reuse``: after a tool result, the loop prefills only the appended tokens on the
   cached context instead of the whole conversation. Measured directly: a forward of the
   appended tokens on a cache of L tokens against a forward of all L + k tokens without a
@@ -104,8 +105,12 @@ class OverheadWorkload(Workload):
         plain_r = [sum(sides["plain"][r] for sides in times.values()) for r in range(repeats)]
         conveyor_r = [sum(sides["conveyor"][r] for sides in times.values()) for r in range(repeats)]
         step_ms = 1000 * plain_total / max(1, new_tokens)
+        # The machine alone: each repeat's plain answers against the next repeat's (same ids, same settings).
+        drift = [b / a - 1 for a, b in zip(plain_r, plain_r[1:]) if a > 0]
         return {
             "ratio": conveyor_total / plain_total if plain_total else None,
+            "noise": {"median_abs": statistics.median(abs(d) for d in drift), "range": value_range(drift),
+                      "over": f"{len(drift)} consecutive pairs of {repeats} plain repeats"} if drift else None,
             "paired_ratio_median": statistics.median(paired) if paired else None,
             "hook_ms_per_step": hook_ms,
             "hook_share_of_step": hook_ms / step_ms if hook_ms is not None and step_ms > 0 else None,
