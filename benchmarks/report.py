@@ -579,27 +579,25 @@ def _tool_cost_check(doc: dict[str, Any]) -> dict[str, Any] | None:
                   by_workload=slowdowns, noise_by_workload=noise)
 
 
-def _efficiency_steps_checks(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each efficiency target asked with the machine's drift taken out (``efficiency_steps``):
-    what the tools cost decoding still counts, the run-to-run change of the machine not."""
-    checks = []
-    for name, threshold in EFFICIENCY_TARGETS.items():
-        steps = _get(doc, name, "efficiency_steps")
-        if not isinstance(steps, dict):
-            continue
-        value, spread, noise = steps["median"], steps["range"], (steps.get("noise") or {}).get("median_abs")
-        met = value >= threshold
-        why = [] if met else [f"{name}: with the drift taken out partial reached {value:.2f} of the bound "
-                              f"(per repeat {_range_text(spread, 'x')}); the rest is tool work slowing decoding "
-                              "or units that started later than the bound allows"]
-        resolved = not isinstance(noise, float) or abs(value - threshold) > noise
-        if not resolved:
-            why.append(f"its own noise (lazy against the next lazy run, over the same bound) is {noise:.2f}, "
-                       f"more than its distance to {threshold:g}")
-        checks.append(_check(f"{name} (steps)", f"efficiency >= {threshold:g} with the machine's drift between "
-                             "the lazy and partial runs taken out (step by step)", value, met,
-                             met and spread[0] >= threshold, list(spread), why, resolved, noise=noise))
-    return checks
+def _efficiency_steps_check(doc: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """``name``'s efficiency target asked with the machine's drift taken out
+    (``efficiency_steps``): what the tools cost decoding still counts, the run-to-run
+    change of the machine not. None without that figure."""
+    steps, threshold = _get(doc, name, "efficiency_steps"), EFFICIENCY_TARGETS[name]
+    if not isinstance(steps, dict):
+        return None
+    value, spread, noise = steps["median"], steps["range"], (steps.get("noise") or {}).get("median_abs")
+    met = value >= threshold
+    why = [] if met else [f"{name}: with the drift taken out partial reached {value:.2f} of the bound "
+                          f"(per repeat {_range_text(spread, 'x')}); the rest is tool work slowing decoding "
+                          "or units that started later than the bound allows"]
+    resolved = not isinstance(noise, float) or abs(value - threshold) > noise
+    if not resolved:
+        why.append(f"its own noise (lazy against the next lazy run, over the same bound) is {noise:.2f}, "
+                   f"more than its distance to {threshold:g}")
+    return _check(f"{name} (steps)", f"efficiency >= {threshold:g} with the machine's drift between the lazy "
+                  "and partial runs taken out (step by step)", value, met, met and spread[0] >= threshold,
+                  list(spread), why, resolved, noise=noise)
 
 
 def check_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -618,8 +616,9 @@ def check_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
         why = ([] if met else target.why(doc)) + ([unresolved] if unresolved else [])
         checks.append(_check(name, target.text, value, met, every, list(ends) if ends is not None else None,
                              why, unresolved is None, noise=target.noise(doc)))
-        if name in EFFICIENCY_TARGETS:
-            checks += [c for c in _efficiency_steps_checks(doc) if c["workload"] == f"{name} (steps)"]
+        steps = _efficiency_steps_check(doc, name) if name in EFFICIENCY_TARGETS else None
+        if steps is not None:
+            checks.append(steps)
     for check in (_hook_check(doc), _decode_check(doc), _tool_cost_check(doc)):
         if check is not None:
             checks.append(check)
