@@ -40,7 +40,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.workloads import WorkloadResult, value_range
+from benchmarks.workloads import WorkloadResult, noise_figure, value_range
 from conveyor_hf.timeline import Interval, Timeline
 
 __all__ = [
@@ -159,7 +159,7 @@ def tool_slowdown(result: WorkloadResult, costs: dict[int, RepeatCost] | None = 
         "range": value_range(slowdowns),
         "per_repeat": [round(s, 4) for s in slowdowns],
         "beside_share": round(statistics.median(c.beside_reference / c.reference for c in kept), 4),
-        "noise": _noise(noise, "consecutive pairs of lazy repeats"),
+        "noise": noise_figure(noise, f"{len(noise)} consecutive pairs of lazy repeats"),
         "over": f"{len(slowdowns)} repeats, each over all {len(result.cases)} case(s)",
     }
 
@@ -191,16 +191,9 @@ def efficiency_steps(costs: dict[int, RepeatCost], lazy: dict[int, dict[str, flo
         "median": round(statistics.median(values), 4),
         "range": value_range(values),
         "per_repeat": [round(v, 4) for v in values],
-        "noise": _noise(noise, "consecutive pairs of lazy repeats, over the same bound"),
+        "noise": noise_figure(noise, f"{len(noise)} consecutive pairs of lazy repeats, over the same bound"),
         "over": f"{len(values)} repeats",
     }
-
-
-def _noise(values: list[float], over: str) -> dict[str, Any] | None:
-    if not values:
-        return None
-    return {"median_abs": round(statistics.median(abs(v) for v in values), 4), "range": value_range(values),
-            "over": f"{len(values)} {over}"}
 
 
 def _summed_cost(splits: list[StepSplit | None]) -> float | None:

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from benchmarks.decode_steps import efficiency_steps, repeat_costs, tool_slowdown
-from benchmarks.workloads import WorkloadResult, value_range
+from benchmarks.workloads import WorkloadResult, noise_figure, value_range
 
 METRICS = ("latency", "decode", "tool", "exposed_tool", "ideal", "wait", "feed", "new_tokens")
 #: Below this ideal reduction there is nothing to overlap: efficiency is reported as None.
@@ -135,10 +135,7 @@ def _decode_noise(baseline: dict[int, dict[str, float]]) -> dict[str, Any] | Non
     """
     decodes = [baseline[r]["decode"] for r in sorted(baseline)]
     changes = [b / a - 1 for a, b in zip(decodes, decodes[1:]) if a > 0]
-    if not changes:
-        return None
-    return {"median_abs": _round(statistics.median(abs(c) for c in changes)), "range": _range(changes),
-            "over": f"{len(changes)} consecutive pairs of {len(decodes)} baseline repeats"}
+    return noise_figure(changes, f"{len(changes)} consecutive pairs of {len(decodes)} baseline repeats")
 
 
 def _efficiency_noise(w: dict[str, Any]) -> float | None:
@@ -372,6 +369,12 @@ def _kv_ends(doc: dict[str, Any]) -> tuple[Any, Any] | None:
     return (spread[0], spread[1]) if isinstance(spread, list) else None
 
 
+def _within_noise(value: Any, threshold: float, noise: Any) -> bool:
+    """Whether ``value`` lies no farther from ``threshold`` than ``noise``: the run cannot
+    tell which side it is on (False when either figure is missing)."""
+    return isinstance(value, float) and isinstance(noise, float) and abs(value - threshold) <= noise
+
+
 #: The efficiency targets: the full codegen run, and code the model writes live.
 EFFICIENCY_TARGETS = {"codegen": 0.95, "codegen_live": 0.9}
 
@@ -381,7 +384,7 @@ def _efficiency_unresolved(doc: dict[str, Any], workload: str) -> str | None:
     (``efficiency_noise``) moves it by more than its distance to the threshold."""
     value, noise = _get(doc, workload, "efficiency"), _get(doc, workload, "efficiency_noise")
     threshold = EFFICIENCY_TARGETS[workload]
-    if not isinstance(value, float) or not isinstance(noise, float) or abs(value - threshold) > noise:
+    if not _within_noise(value, threshold, noise):
         return None
     w = doc["workloads"][workload]
     lazy = w["lazy"]
@@ -400,7 +403,7 @@ def _overhead_unresolved(doc: dict[str, Any]) -> str | None:
     against itself (one repeat against the next) changes by more than the ratio's distance
     to the threshold."""
     value, noise = _get(doc, "overhead", "ratio"), _get(doc, "overhead", "noise", "median_abs")
-    if not isinstance(value, float) or not isinstance(noise, float) or abs(value - OVERHEAD_TARGET) > noise:
+    if not _within_noise(value, OVERHEAD_TARGET, noise):
         return None
     return (f"plain model.generate against itself changes by {noise:.1%} from one repeat to the next, more than "
             f"this ratio's distance to {OVERHEAD_TARGET:g}; the hook target (timed around the hook) resolves it")
@@ -591,7 +594,7 @@ def _efficiency_steps_check(doc: dict[str, Any], name: str) -> dict[str, Any] | 
     why = [] if met else [f"{name}: with the drift taken out partial reached {value:.2f} of the bound "
                           f"(per repeat {_range_text(spread, 'x')}); the rest is tool work slowing decoding "
                           "or units that started later than the bound allows"]
-    resolved = not isinstance(noise, float) or abs(value - threshold) > noise
+    resolved = not _within_noise(value, threshold, noise)
     if not resolved:
         why.append(f"its own noise (lazy against the next lazy run, over the same bound) is {noise:.2f}, "
                    f"more than its distance to {threshold:g}")

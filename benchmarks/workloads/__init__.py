@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import gc
 import math
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ __all__ = [
     "available",
     "create",
     "registry",
+    "noise_figure",
     "value_range",
 ]
 
@@ -315,6 +317,16 @@ def value_range(values: Iterable[Any]) -> list[float] | None:
     the spread printed beside every median."""
     numbers = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
     return [round(min(numbers), 4), round(max(numbers), 4)] if numbers else None
+
+
+def noise_figure(changes: Sequence[float], over: str) -> dict[str, Any] | None:
+    """The noise floor of a comparison from its no-difference changes (e.g. one baseline
+    repeat against the next): the median of their sizes, their range and what they are
+    (``over``); None without any."""
+    if not changes:
+        return None
+    return {"median_abs": round(statistics.median(abs(c) for c in changes), 4), "range": value_range(changes),
+            "over": over}
 
 
 def user(text: str) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ import statistics
 import time
 from typing import Any, ClassVar
 
-from benchmarks.workloads import BenchContext, Workload, user, value_range
+from benchmarks.workloads import BenchContext, Workload, noise_figure, user, value_range
 from benchmarks.workloads import data
 
 
@@ -109,8 +109,7 @@ class OverheadWorkload(Workload):
         drift = [b / a - 1 for a, b in zip(plain_r, plain_r[1:]) if a > 0]
         return {
             "ratio": conveyor_total / plain_total if plain_total else None,
-            "noise": {"median_abs": statistics.median(abs(d) for d in drift), "range": value_range(drift),
-                      "over": f"{len(drift)} consecutive pairs of {repeats} plain repeats"} if drift else None,
+            "noise": noise_figure(drift, f"{len(drift)} consecutive pairs of {repeats} plain repeats"),
             "paired_ratio_median": statistics.median(paired) if paired else None,
             "hook_ms_per_step": hook_ms,
             "hook_share_of_step": hook_ms / step_ms if hook_ms is not None and step_ms > 0 else None,
