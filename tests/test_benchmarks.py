@@ -539,6 +539,38 @@ def test_tool_slowdown_is_a_target_beside_the_whole_run_decode_change():
     assert "lazy against lazy gives 0.6%" in steps["why"][0]
 
 
+def test_a_decode_change_inside_its_workloads_noise_leaves_the_decode_targets_unresolved():
+    def replayed(change, change_noise, steps, steps_noise):
+        return {"decoding": "replay", "lazy": {"latency": 10.0, "decode": 6.0, "new_tokens": 9},
+                "partial": {"latency": 8.0, "decode": 6.0 * (1 + change), "new_tokens": 9}, "decode_change": change,
+                "decode_noise": {"median_abs": change_noise, "range": [-change_noise, change_noise], "over": "2"},
+                "tool_slowdown": {"median": steps, "range": [steps, steps], "beside_share": 0.4,
+                                  "noise": {"median_abs": steps_noise, "range": [0.0, steps_noise], "over": "2"}}}
+
+    def verdicts(workloads):
+        doc = report.document({}, workloads)
+        return {t["workload"]: t for t in doc["targets"] if t["workload"] in ("decode", "decode_steps")}, doc
+
+    clear = replayed(0.001, 0.004, 0.002, 0.001)
+    # clear of 2% by more than the noise everywhere: MET, and decided
+    checks, _ = verdicts({"database": clear})
+    assert all(c["met"] and c["resolved"] for c in checks.values())
+    # one workload 0.5 points under 2% with 1% of noise: MET by the medians, but not decided
+    checks, doc = verdicts({"database": clear, "search": replayed(0.015, 0.01, 0.016, 0.008)})
+    assert all(c["met"] and not c["resolved"] for c in checks.values())
+    assert "search +1.5% (noise 1.0%) lies within its noise of 2%" in checks["decode"]["why"][-1]
+    assert "search +1.6% (noise 0.8%) lies within its noise of 2%" in checks["decode_steps"]["why"][-1]
+    assert "UNRESOLVED decode:" in report.table(doc) and "UNRESOLVED decode_steps:" in report.table(doc)
+    # the same workload above 2% but inside its noise: still not decided, said in its own reason
+    checks, _ = verdicts({"search": replayed(0.025, 0.01, 0.025, 0.01)})
+    assert not checks["decode"]["met"] and not checks["decode"]["resolved"]
+    assert "within the machine's own change" in checks["decode"]["why"][0]
+    # a workload that misses by more than its noise decides the verdict, whatever the others
+    checks, _ = verdicts({"database": replayed(0.015, 0.01, 0.015, 0.01),
+                          "search": replayed(0.06, 0.01, 0.05, 0.01)})
+    assert all(not c["met"] and c["resolved"] for c in checks.values())
+
+
 def test_efficiency_steps_replaces_the_partial_runs_decoding_by_the_lazy_pace_plus_the_tools_cost():
     lazy = {0: {"latency": 10.0, "decode": 8.0, "ideal": 8.0}, 1: {"latency": 10.0, "decode": 8.0, "ideal": 8.0},
             2: {"latency": 10.0, "decode": 9.9, "ideal": 9.9}}  # repeat 2: 1% to hide, below the 2% floor
