@@ -1,13 +1,14 @@
 """``conveyor-hf bench``: lazy vs partial tool execution on real workloads, in one process.
 
 Each workload answers its cases in every variant (lazy and partial at least), the
-variants alternating, at least three repeats; figures are medians, each printed with
+variants alternating, at least three repeats (five in ``--quick`` for a case that decodes
+for only a few seconds); figures are medians, each printed with
 its min–max over the repeats. Decoding uses one torch
 thread by default (``--threads``), so on a 2-core machine decoding and tool work each
 have a core. Prints a table, writes ``--json``, and draws a timeline picture and a
 Chrome trace per workload plus a summary chart into ``--out``::
 
-    conveyor-hf bench --quick                       # ~9 min on an idle 2-core machine
+    conveyor-hf bench --quick                       # ~7 min on an idle 2-core machine
     conveyor-hf bench --json bench.json             # the full run (38 minutes measured on 2 cores)
     conveyor-hf bench --workloads codegen,search --repeats 5
     python -m benchmarks.harness --list
@@ -40,7 +41,7 @@ from benchmarks.workloads.data import DataUnavailable  # noqa: E402
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="conveyor-hf bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="one case per workload, 3 repeats, the workloads with something to overlap (~9 minutes)")
+                        help="one case per workload, 3-5 repeats, the workloads with something to overlap (~7 minutes)")
     parser.add_argument("--workloads", default=None,
                         help="comma-separated workloads to run (default: all; see --list)")
     parser.add_argument("--list", action="store_true", help="list the workloads and exit")

@@ -17,7 +17,8 @@ decoding engine means handing the context that engine instead of a model (worklo
 time ``model.generate`` or forward passes themselves set ``needs_local_model``).
 
 Every case runs at least :data:`MIN_REPEATS` times per variant (variants alternating), so
-each median has a min-max spread beside it; ``--quick`` takes fewer cases, leaves out the
+each median has a min-max spread beside it (:data:`QUICK_REPEATS_SHORT` in ``--quick`` for
+a case that decodes for only a few seconds); ``--quick`` takes fewer cases, leaves out the
 workloads that set ``in_quick = False`` (nothing to overlap: the same conclusion as the
 calculator's) unless they are named with ``--workloads``, and keeps only the
 ``quick_variants`` of a workload that lists them.
@@ -108,6 +109,12 @@ class WorkloadResult:
 #: Repeats of every case and variant, full or ``--quick`` run, unless ``--repeats`` says
 #: otherwise: three give a median and a spread around it.
 MIN_REPEATS = 3
+#: ``--quick`` repeats of a workload whose one quick case decodes for only a few seconds:
+#: on a shared machine such a case's decode time changes by several percent from one run
+#: to the next, so three repeats let two unlucky runs set the median of a 2% comparison
+#: and give only two lazy-against-lazy pairs for its noise. Five need three unlucky runs
+#: and give four pairs, at about 20 s more per workload.
+QUICK_REPEATS_SHORT = 5
 
 
 def _stderr(message: str) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from benchmarks.workloads import ABWorkload, BenchContext, Case, RunRecord, Variant
+from benchmarks.workloads import QUICK_REPEATS_SHORT, ABWorkload, BenchContext, Case, RunRecord, Variant
 from benchmarks.workloads.data import DataUnavailable
 
 #: Seconds of emulated latency per call (the backends themselves take microseconds).
@@ -36,7 +36,7 @@ class BfclWorkload(ABWorkload):
             "turn's calls after the turn, one after another; every run is checked against the ground truth")
     case_count = (4, 1)
     quick_cases = ("parallel_0",)  # its prompt lists few functions: a short prefill
-    repeats = (3, 3)
+    repeats = (3, QUICK_REPEATS_SHORT)  # parallel_0 decodes for 4.5 s
     needs_local_model = True
     local_model_reason = "it replays BFCL's ground truth (forcing text needs the logits) to check the calls"
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from benchmarks.workloads import ABWorkload, Case, Variant, user
+from benchmarks.workloads import QUICK_REPEATS_SHORT, ABWorkload, Case, Variant, user
 from benchmarks.workloads import data
 
 #: Seconds added to every offline query to emulate a web search round trip.
@@ -127,7 +127,7 @@ class PlanningWorkload(_RetrievalWorkload):
     extra_baselines = {"vs_parallel_lazy": "lazy_parallel"}
     quick_variants = ("lazy", "partial")  # --quick leaves out the parallel-lazy baseline
     case_count = (3, 1)
-    repeats = (3, 3)
+    repeats = (3, QUICK_REPEATS_SHORT)  # its quick case decodes for 5 s
 
     def all_cases(self, ctx) -> list[Case]:
         cases = []

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.workloads import ABWorkload, Case, Variant, user
+from benchmarks.workloads import QUICK_REPEATS_SHORT, ABWorkload, Case, Variant, user
 from benchmarks.workloads import data
 
 SMALL_TOOL_NOTE = "small tool (milliseconds per unit): expect little gain; the point is that nothing is lost"
@@ -213,7 +213,7 @@ class CalculatorWorkload(ABWorkload):
     title = "calculator (sympy in a child process)"
     note = SMALL_TOOL_NOTE
     case_count = (3, 1)
-    repeats = (3, 3)
+    repeats = (3, QUICK_REPEATS_SHORT)  # its quick case decodes for 4 s
 
     def all_cases(self, ctx) -> list[Case]:
         cases = []
