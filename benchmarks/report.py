@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from benchmarks.decode_steps import efficiency_steps, repeat_costs, tool_slowdown
-from benchmarks.workloads import WorkloadResult, noise_figure, value_range
+from benchmarks.workloads import WorkloadResult, consecutive_changes, noise_figure, value_range
 
 METRICS = ("latency", "decode", "tool", "exposed_tool", "ideal", "wait", "feed", "new_tokens")
 #: Below this ideal reduction there is nothing to overlap: efficiency is reported as None.
@@ -134,7 +134,7 @@ def _decode_noise(baseline: dict[int, dict[str, float]]) -> dict[str, Any] | Non
     partial runs, so on a drifting machine this floor errs on the high side.
     """
     decodes = [baseline[r]["decode"] for r in sorted(baseline)]
-    changes = [b / a - 1 for a, b in zip(decodes, decodes[1:]) if a > 0]
+    changes = consecutive_changes(decodes)
     return noise_figure(changes, f"{len(changes)} consecutive pairs of {len(decodes)} baseline repeats")
 
 

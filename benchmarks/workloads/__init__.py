@@ -46,6 +46,7 @@ __all__ = [
     "available",
     "create",
     "registry",
+    "consecutive_changes",
     "noise_figure",
     "value_range",
 ]
@@ -324,6 +325,13 @@ def value_range(values: Iterable[Any]) -> list[float] | None:
     the spread printed beside every median."""
     numbers = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
     return [round(min(numbers), 4), round(max(numbers), 4)] if numbers else None
+
+
+def consecutive_changes(values: Sequence[float]) -> list[float]:
+    """Each value's relative change from the one before (``b / a - 1``), skipping a zero
+    ``a``: one repeat of a no-difference measurement against the next, the input of
+    :func:`noise_figure`."""
+    return [b / a - 1 for a, b in zip(values, values[1:]) if a > 0]
 
 
 def noise_figure(changes: Sequence[float], over: str) -> dict[str, Any] | None:

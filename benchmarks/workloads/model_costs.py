@@ -21,7 +21,7 @@ import statistics
 import time
 from typing import Any, ClassVar
 
-from benchmarks.workloads import BenchContext, Workload, noise_figure, user, value_range
+from benchmarks.workloads import BenchContext, Workload, consecutive_changes, noise_figure, user, value_range
 from benchmarks.workloads import data
 
 
@@ -106,7 +106,7 @@ class OverheadWorkload(Workload):
         conveyor_r = [sum(sides["conveyor"][r] for sides in times.values()) for r in range(repeats)]
         step_ms = 1000 * plain_total / max(1, new_tokens)
         # The machine alone: each repeat's plain answers against the next repeat's (same ids, same settings).
-        drift = [b / a - 1 for a, b in zip(plain_r, plain_r[1:]) if a > 0]
+        drift = consecutive_changes(plain_r)
         return {
             "ratio": conveyor_total / plain_total if plain_total else None,
             "noise": noise_figure(drift, f"{len(drift)} consecutive pairs of {repeats} plain repeats"),
