@@ -498,9 +498,6 @@ def _undecided_why(undecided: list[str], values: dict[str, float], noise: dict[s
     return f"not decided by this run: {figures} {verb} noise of {threshold:.0%}; {remedy}"
 
 
-#: What resolves a whole-run decode change that lies within the machine's own change.
-_DECODE_REMEDY = "the step-by-step target (decode_steps) takes the machine's drift between the runs out"
-
 
 def _decode_check(doc: dict[str, Any]) -> dict[str, Any] | None:
     """Partial decode within 2% of lazy on every replayed workload that decodes the same
@@ -533,7 +530,9 @@ def _decode_check(doc: dict[str, Any]) -> dict[str, Any] | None:
     floors = {n: v["median_abs"] for n, v in noise.items()}
     met, resolved, undecided = _workload_verdicts(changes, floors, DECODE_SLOWDOWN_TARGET)
     if not resolved:
-        why.append(_undecided_why(undecided, changes, floors, DECODE_SLOWDOWN_TARGET, _DECODE_REMEDY))
+        why.append(_undecided_why(undecided, changes, floors, DECODE_SLOWDOWN_TARGET,
+                                  "the step-by-step target (decode_steps) takes the machine's drift between the "
+                                  "runs out"))
     every = all(sp is not None and sp[1] <= DECODE_SLOWDOWN_TARGET for sp in ends.values())
     return _check("decode", f"partial decode within {DECODE_SLOWDOWN_TARGET:.0%} of lazy on every replayed workload",
                   max(changes.values()), met, every and met, None, why, resolved,
@@ -558,7 +557,8 @@ def _decode_why(name: str, w: dict[str, Any], change: float, ends: list[float] |
         text += (f"; lazy against lazy (consecutive repeats) changes by {noise['median_abs']:.1%} in the median, "
                  f"up to {bound:.1%}")
         if _within_noise(change, DECODE_SLOWDOWN_TARGET, noise["median_abs"]):
-            return text + f": within the machine's own change, not resolved by this run; {_DECODE_REMEDY}"
+            return text + (": within the machine's own change, not resolved by this run "
+                           "(the last reason says what resolves it)")
     return text + ("; tool work beside decoding competes for the CPU cores, memory bandwidth or the GIL "
                    "(python -m benchmarks.contention shows which)")
 
