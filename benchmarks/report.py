@@ -34,7 +34,10 @@ tools' cost to decoding still counted (:mod:`benchmarks.decode_steps`).
 Targets (measured here, never asserted by tests) are checked and printed plainly, with
 the spread and the measured causes when one is missed. A target whose figure lies closer
 to its threshold than the run's own noise is UNRESOLVED, not MET or MISSED: another run
-could flip it. Each efficiency target is also judged on ``efficiency_steps``.
+could flip it. Each efficiency target is also judged on ``efficiency_steps``. codegen's
+efficiency and the first stage's 40% reduction, which the workload's own bound can put
+out of reach, are two targets (``codegen``, ``codegen (reduction)``); documents written
+before hold them as one, whose ``value`` is the pair.
 
 JSON (``--json``): ``format_version`` 2 adds ``spread`` (and ``decode_change``,
 ``per_repeat``, ``decode_change_paired``, ``decode_noise``, ``feed``, ``tool_slowdown``,
@@ -265,14 +268,28 @@ def _get(doc: dict[str, Any], workload: str, *path: str) -> Any:
     return value
 
 
+#: The first stage's target for codegen's reduction (README); the workload's own bound
+#: (``ideal_reduction``) decides whether any schedule can reach it.
+CODEGEN_REDUCTION_TARGET = 0.40
+
+
+def _codegen_reduction_why(doc: dict[str, Any]) -> list[str]:
+    """Why codegen's reduction stays under its target: the workload's bound, if that is
+    below the target, else the efficiency's reasons."""
+    w = doc["workloads"]["codegen"]
+    lazy = w["lazy"]
+    if (w.get("ideal_reduction") or 0) < CODEGEN_REDUCTION_TARGET and lazy["decode"] > 0:
+        return [f"the workload's own bound is ideal_reduction {w['ideal_reduction']:.0%}: tool time is "
+                f"{lazy['tool'] / lazy['decode']:.2f}x decode time, and no schedule can hide more than the "
+                "shorter of the two"]
+    return _codegen_why(doc)
+
+
 def _codegen_why(doc: dict[str, Any]) -> list[str]:
+    """Why codegen's efficiency stays under its target: slower decoding, slower tools."""
     w = doc["workloads"]["codegen"]
     lazy, partial = w["lazy"], w["partial"]
     why = []
-    if (w.get("ideal_reduction") or 0) < 0.40:
-        why.append(f"the workload's own bound is ideal_reduction {w['ideal_reduction']:.0%}: tool time is "
-                   f"{lazy['tool'] / lazy['decode']:.2f}x decode time, and no schedule can hide more than the "
-                   "shorter of the two")
     if lazy["decode"] > 0:
         slow = partial["decode"] / lazy["decode"] - 1
         why.append(f"decoding took {partial['decode']:.1f}s in partial vs {lazy['decode']:.1f}s in lazy ({slow:+.0%}): "
@@ -346,16 +363,14 @@ class Target:
     unresolved: Callable[[dict], str | None] = lambda doc: None
     #: How far the machine alone moves the value (printed beside it), or None.
     noise: Callable[[dict], float | None] = lambda doc: None
+    #: The workload the target reads, where it is not the target's own name.
+    workload: str | None = None
 
 
-def _ends(doc: dict[str, Any], workload: str, *keys: str) -> tuple[Any, Any] | None:
-    """``(low end, high end)`` of the spread of ``keys`` (a tuple when several)."""
-    spreads = [_spread_of(doc, workload, k) for k in keys]
-    if any(sp is None for sp in spreads):
-        return None
-    if len(keys) == 1:
-        return spreads[0][0], spreads[0][1]
-    return tuple(sp[0] for sp in spreads), tuple(sp[1] for sp in spreads)
+def _ends(doc: dict[str, Any], workload: str, key: str) -> tuple[Any, Any] | None:
+    """``(low end, high end)`` of the spread of ``workload``'s ``key``."""
+    spread = _spread_of(doc, workload, key)
+    return None if spread is None else (spread[0], spread[1])
 
 
 def _overhead_ends(doc: dict[str, Any]) -> tuple[Any, Any] | None:
@@ -409,13 +424,20 @@ def _overhead_unresolved(doc: dict[str, Any]) -> str | None:
             f"this ratio's distance to {OVERHEAD_TARGET:g}; the hook target (timed around the hook) resolves it")
 
 
-#: workload → target (see :class:`Target`)
+#: target name → target (see :class:`Target`); the name is the workload it reads unless
+#: ``Target.workload`` says otherwise
 TARGETS: dict[str, Target] = {
-    "codegen": Target(f"reduction >= 40% and efficiency >= {EFFICIENCY_TARGETS['codegen']:g}",
-                      lambda d: (_get(d, "codegen", "reduction"), _get(d, "codegen", "efficiency")),
-                      lambda v: (v[0] is not None and v[0] >= 0.40 and v[1] is not None
-                                 and v[1] >= EFFICIENCY_TARGETS["codegen"]),
-                      _codegen_why, lambda d: _ends(d, "codegen", "reduction", "efficiency")),
+    "codegen": Target(f"efficiency >= {EFFICIENCY_TARGETS['codegen']:g}",
+                      lambda d: _get(d, "codegen", "efficiency"),
+                      lambda v: v is not None and v >= EFFICIENCY_TARGETS["codegen"],
+                      _codegen_why, lambda d: _ends(d, "codegen", "efficiency"),
+                      lambda d: _efficiency_unresolved(d, "codegen"),
+                      lambda d: _get(d, "codegen", "efficiency_noise")),
+    "codegen (reduction)": Target(f"reduction >= {CODEGEN_REDUCTION_TARGET:.0%}",
+                                  lambda d: _get(d, "codegen", "reduction"),
+                                  lambda v: v is not None and v >= CODEGEN_REDUCTION_TARGET,
+                                  _codegen_reduction_why, lambda d: _ends(d, "codegen", "reduction"),
+                                  workload="codegen"),
     "codegen_live": Target(f"efficiency >= {EFFICIENCY_TARGETS['codegen_live']:g}",
                            lambda d: _get(d, "codegen_live", "efficiency"),
                            lambda v: v is not None and v >= EFFICIENCY_TARGETS["codegen_live"],
@@ -643,7 +665,7 @@ def check_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
     repeat does (``in_every_repeat``: both ends of the spread pass; None without a spread)."""
     checks = []
     for name, target in TARGETS.items():
-        entry = doc["workloads"].get(name)
+        entry = doc["workloads"].get(target.workload or name)
         if not isinstance(entry, dict) or "error" in entry or "skipped" in entry:
             continue
         value = target.value(doc)
@@ -883,7 +905,8 @@ def _decode_notes(paired: float | None, noise: float | None) -> str:
 
 
 def _ends_text(spread: list[Any]) -> str:
-    """``low … high`` ends of a target's spread (tuples for several values)."""
+    """``low … high`` ends of a target's spread (tuples for several values, as documents
+    written before codegen's reduction and efficiency became two targets hold)."""
     def one(end: Any) -> str:
         return ", ".join(_figure(v) for v in end) if isinstance(end, (list, tuple)) else _figure(end)
 
