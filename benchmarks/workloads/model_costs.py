@@ -21,7 +21,9 @@ import statistics
 import time
 from typing import Any, ClassVar
 
-from benchmarks.workloads import BenchContext, Workload, consecutive_changes, noise_figure, user, value_range
+from benchmarks.workloads import (
+    QUICK_REPEATS_SHORT, BenchContext, Workload, consecutive_changes, noise_figure, user, value_range,
+)
 from benchmarks.workloads import data
 
 
@@ -30,7 +32,7 @@ class OverheadWorkload(Workload):
     title = "per-token overhead: ConveyorGenerator vs model.generate (no tool call)"
     note = "Live greedy answers that call no tool; same ids and settings for both; ratio of median latencies."
     decoding = "live"
-    repeats = (5, 3)
+    repeats = (5, QUICK_REPEATS_SHORT)  # its quick answer decodes for 3 s; its noise needs the pairs
     needs_local_model = True  # times plain model.generate against the generator
     PROMPTS: ClassVar[tuple[str, ...]] = (
         "Write a short poem about the sea.",
